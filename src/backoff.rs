@@ -1,0 +1,135 @@
+//! The gRFC A6 backoff schedule.
+//!
+//! Retry `n` (1 for the first retry) waits
+//! `min(initial × multiplier^(n-1), max) × jitter`. A server pushback replaces
+//! one computed delay and restarts `n` at 1, so the backoff after a pushback
+//! begins again from `initial`.
+//!
+//! This is implemented here rather than with a backoff crate because A6's
+//! jitter (±20 %) and its pushback reset are specific to gRPC.
+
+use std::time::Duration;
+
+use crate::policy::{Jitter, RetryPolicy};
+
+/// Tracks where a call is in its backoff sequence.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Backoff {
+    /// Computed backoffs since the start of the call or the last pushback.
+    retries: u32,
+}
+
+impl Backoff {
+    /// The delay before the next retry, randomised with `random` (a value
+    /// uniform in `[0, 1)`).
+    pub(crate) fn next_delay_with(&mut self, policy: &RetryPolicy, random: f64) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        let base = computed_backoff(policy, self.retries);
+        apply_jitter(base, policy.jitter, random)
+    }
+
+    /// The delay before the next retry, with thread-local randomness.
+    pub(crate) fn next_delay(&mut self, policy: &RetryPolicy) -> Duration {
+        self.next_delay_with(policy, fastrand::f64())
+    }
+
+    /// A server pushback set the delay; the exponent starts again.
+    #[allow(dead_code)] // used once pushback is honoured (overload-safety issue)
+    pub(crate) fn reset(&mut self) {
+        self.retries = 0;
+    }
+}
+
+/// `min(initial × multiplier^(n-1), max)` before jitter, for retry `n ≥ 1`.
+pub(crate) fn computed_backoff(policy: &RetryPolicy, n: u32) -> Duration {
+    let exponent = i32::try_from(n.saturating_sub(1)).unwrap_or(i32::MAX);
+    let secs = policy.initial_backoff.as_secs_f64() * policy.backoff_multiplier.powi(exponent);
+    // `secs` may be inf (huge exponent) or underflow to 0 (multiplier < 1);
+    // both are valid inputs to `min`, and the conversion below cannot fail
+    // for a finite, non-negative value no larger than `max_backoff`.
+    if !(secs < policy.max_backoff.as_secs_f64()) {
+        return policy.max_backoff;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(policy.max_backoff)
+}
+
+fn apply_jitter(base: Duration, jitter: Jitter, random: f64) -> Duration {
+    let random = random.clamp(0.0, 1.0);
+    match jitter {
+        Jitter::Proportional => base.mul_f64(0.8 + 0.4 * random),
+        Jitter::Full => base.mul_f64(random),
+        Jitter::None => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(initial_ms: u64, max_ms: u64, mult: f64, jitter: Jitter) -> RetryPolicy {
+        RetryPolicy::builder()
+            .initial_backoff(Duration::from_millis(initial_ms))
+            .max_backoff(Duration::from_millis(max_ms))
+            .backoff_multiplier(mult)
+            .jitter(jitter)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn computed_backoff_grows_geometrically_then_caps() {
+        let p = policy(100, 1000, 2.0, Jitter::None);
+        let got: Vec<u64> = (1..=6)
+            .map(|n| computed_backoff(&p, n).as_millis() as u64)
+            .collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn computed_backoff_survives_extreme_inputs() {
+        let p = policy(1, 5, 1e300, Jitter::None);
+        assert_eq!(computed_backoff(&p, u32::MAX), Duration::from_millis(5));
+        let p = policy(1000, 5000, 1e-300, Jitter::None);
+        assert_eq!(computed_backoff(&p, 3), Duration::ZERO);
+        assert_eq!(computed_backoff(&p, 1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn proportional_jitter_stays_within_twenty_percent() {
+        let p = policy(100, 10_000, 2.0, Jitter::Proportional);
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_with(&p, 0.0), Duration::from_millis(80));
+        let d = b.next_delay_with(&p, 0.999_999);
+        assert!(d < Duration::from_millis(240) && d > Duration::from_millis(239));
+        for n in 3..200 {
+            let base = computed_backoff(&p, n);
+            let d = b.next_delay(&p);
+            assert!(d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn full_jitter_spans_zero_to_base() {
+        let p = policy(100, 10_000, 2.0, Jitter::Full);
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_with(&p, 0.0), Duration::ZERO);
+        assert_eq!(b.next_delay_with(&p, 0.5), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn reset_after_pushback_restarts_from_initial() {
+        let p = policy(100, 10_000, 3.0, Jitter::None);
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay(&p), Duration::from_millis(100));
+        assert_eq!(b.next_delay(&p), Duration::from_millis(300));
+        b.reset();
+        assert_eq!(b.next_delay(&p), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn random_outside_unit_interval_is_clamped() {
+        let p = policy(100, 1000, 2.0, Jitter::Proportional);
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_with(&p, -5.0), Duration::from_millis(80));
+    }
+}

@@ -1,0 +1,218 @@
+//! What an attempt produced: a response that ends the call, or a status that
+//! the policy may retry.
+//!
+//! Only the response *head* is inspected. A gRPC server reports an early
+//! failure as "Trailers-Only": `grpc-status` sits in the response headers and
+//! the body is empty. Any other response head means the server has started
+//! answering, which commits the call (A6): it is passed through untouched,
+//! even if its trailers later carry an error.
+//!
+//! `tonic::Status::from_header_map` panics on a malformed
+//! `grpc-status-details-bin`, and a server controls those bytes, so the few
+//! bytes of `grpc-status` are parsed here instead.
+
+use http::{HeaderMap, StatusCode, header::HeaderName};
+use tonic::{Code, Status};
+
+use crate::BoxError;
+
+/// The `grpc-status` header.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// What the head of a response means for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseKind {
+    /// OK, or normal headers: the response is the call's result.
+    Commit,
+    /// An uncommitted failure: trailers-only `grpc-status`, or a non-200
+    /// HTTP status without one (typically a proxy).
+    Failed(Code),
+}
+
+/// Classifies a response by its head.
+pub(crate) fn classify_response<B>(response: &http::Response<B>) -> ResponseKind {
+    match response.headers().get(GRPC_STATUS) {
+        Some(value) => match parse_grpc_status(value.as_bytes()) {
+            Code::Ok => ResponseKind::Commit,
+            code => ResponseKind::Failed(code),
+        },
+        None if response.status() == StatusCode::OK => ResponseKind::Commit,
+        None => ResponseKind::Failed(code_from_http_status(response.status())),
+    }
+}
+
+/// Parses a `grpc-status` value exactly as tonic's client will when it
+/// surfaces the response, so the layer and the stub never disagree on a code.
+/// Anything that is not a known code in canonical ASCII decimal is UNKNOWN.
+pub(crate) fn parse_grpc_status(value: &[u8]) -> Code {
+    // `Code::from_bytes` only matches byte patterns; it cannot panic.
+    Code::from_bytes(value)
+}
+
+/// The gRPC code for an HTTP status that arrived without `grpc-status`, per
+/// gRPC's http-grpc-status-mapping document (and tonic's own mapping).
+pub(crate) fn code_from_http_status(status: StatusCode) -> Code {
+    match status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// Converts an error from the inner service into the `Status` that tonic's
+/// client would have produced from it, so that surfacing the converted
+/// status is indistinguishable from surfacing the error.
+///
+/// Connection failures (`tonic::ConnectError`) become UNAVAILABLE, as tonic
+/// and grpc core do, which lets the policy retry them. tonic reports an
+/// expired `grpc-timeout` as CANCELLED ("Timeout expired"); since the layer
+/// owns the deadline, that is reported as DEADLINE_EXCEEDED instead.
+pub(crate) fn status_from_error(error: BoxError) -> Status {
+    let timed_out = error_chain(&*error).any(|e| e.is::<tonic::TimeoutExpired>());
+    let status = Status::from_error(error);
+    if timed_out && status.code() == Code::Cancelled {
+        return Status::deadline_exceeded(status.message().to_owned());
+    }
+    status
+}
+
+fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
+/// The canonical UPPERCASE name of a status code, as used in service
+/// configs, logs and gRPC's documentation.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// An empty header map, for classifying failures that have no headers.
+pub(crate) fn no_headers() -> &'static HeaderMap {
+    static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(HeaderMap::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, grpc_status: Option<&'static [u8]>) -> http::Response<()> {
+        let mut r = http::Response::builder().status(status);
+        if let Some(v) = grpc_status {
+            r = r.header("grpc-status", http::HeaderValue::from_bytes(v).unwrap());
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn normal_headers_commit() {
+        assert_eq!(classify_response(&response(200, None)), ResponseKind::Commit);
+    }
+
+    #[test]
+    fn trailers_only_ok_commits() {
+        assert_eq!(
+            classify_response(&response(200, Some(b"0"))),
+            ResponseKind::Commit
+        );
+    }
+
+    #[test]
+    fn trailers_only_error_is_a_failure_with_its_code() {
+        assert_eq!(
+            classify_response(&response(200, Some(b"14"))),
+            ResponseKind::Failed(Code::Unavailable)
+        );
+        // grpc-status wins over the HTTP status.
+        assert_eq!(
+            classify_response(&response(503, Some(b"5"))),
+            ResponseKind::Failed(Code::NotFound)
+        );
+    }
+
+    #[test]
+    fn http_errors_without_grpc_status_map_like_grpc() {
+        let cases = [
+            (400, Code::Internal),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::Unimplemented),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (500, Code::Unknown),
+            (302, Code::Unknown),
+        ];
+        for (http, code) in cases {
+            assert_eq!(
+                classify_response(&response(http, None)),
+                ResponseKind::Failed(code),
+                "{http}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_grpc_status_is_unknown_never_a_panic() {
+        let bad: [&[u8]; 10] = [
+            b"", b"abc", b"-1", b"17", b"99", b"1 4", b"014", b"01", b"\xff", b"+1",
+        ];
+        for raw in bad {
+            assert_eq!(parse_grpc_status(raw), Code::Unknown, "{raw:?}");
+        }
+        for n in 0..=16 {
+            assert_eq!(parse_grpc_status(n.to_string().as_bytes()), Code::from_i32(n));
+        }
+    }
+
+    #[test]
+    fn connect_errors_are_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err: BoxError = Box::new(tonic::ConnectError(Box::new(io)));
+        assert_eq!(status_from_error(err).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn channel_timeouts_are_deadline_exceeded_not_cancelled() {
+        let err: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(status_from_error(err).code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn a_status_error_surfaces_unchanged() {
+        let mut original = Status::with_details(Code::Aborted, "boom", "details".into());
+        original.metadata_mut().insert("k", "v".parse().unwrap());
+        let got = status_from_error(Box::new(original));
+        assert_eq!(got.code(), Code::Aborted);
+        assert_eq!(got.message(), "boom");
+        assert_eq!(&got.details()[..], b"details");
+        assert_eq!(got.metadata().get("k").unwrap(), "v");
+    }
+}

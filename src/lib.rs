@@ -1,0 +1,70 @@
+//! gRFC A6 client retries for [tonic]: a tower [`Layer`](tower_layer::Layer)
+//! that sits under tonic's generated gRPC clients.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tonic::transport::Endpoint;
+//! use tonic_retry::{RetryLayer, RetryPolicy};
+//! use tower::ServiceBuilder;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = Endpoint::from_static("http://127.0.0.1:50051").connect().await?;
+//! let policy = RetryPolicy::builder()
+//!     .max_attempts(4)
+//!     .initial_backoff(Duration::from_millis(100))
+//!     .max_backoff(Duration::from_secs(1))
+//!     .backoff_multiplier(2.0)
+//!     .build()?;
+//! let svc = ServiceBuilder::new().layer(RetryLayer::new(policy)).service(channel);
+//! // let mut client = GreeterClient::new(svc);   // any generated client
+//! # let _ = svc;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A request flows through the crate in one direction:
+//! [`layer`] → [`service`] → attempt loop → [`replay`] body → inner channel →
+//! [`classify`](crate::code_name) → backoff or surface.
+//!
+//! What the layer guarantees:
+//!
+//! * **Classification.** Only uncommitted failures whose code the policy
+//!   calls retryable are retried (default: UNAVAILABLE, DEADLINE_EXCEEDED,
+//!   ABORTED). Response headers commit the call.
+//! * **Backoff.** gRPC's own schedule: `min(initial × multiplier^(n-1), max)`
+//!   with ±20 % jitter.
+//! * **One deadline** across all attempts, propagated to the server through
+//!   `grpc-timeout`, surfaced as DEADLINE_EXCEEDED.
+//! * **Cancellation.** Dropping the call stops it; a
+//!   [`CancellationToken`](tokio_util::sync::CancellationToken) in the request
+//!   extensions ends it with CANCELLED.
+//! * **Unchanged final errors**: code, message, details and metadata.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod attempt;
+mod backoff;
+mod classify;
+pub mod deadline;
+mod future;
+pub mod layer;
+mod policy;
+pub mod replay;
+pub mod service;
+
+pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
+pub use classify::code_name;
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use policy::{
+    Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_REPLAY_LIMIT, DEFAULT_RETRYABLE_CODES,
+    Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
+};
+pub use service::Retry;
+
+/// The error type of [`Retry`]: whatever the inner service returned, or a
+/// boxed [`tonic::Status`] that the layer produced.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(feature = "testing")]
+pub mod testing;

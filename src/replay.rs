@@ -1,0 +1,604 @@
+//! Replayable request bodies: a lazy, zero-copy, capped tee.
+//!
+//! tonic's request body is a one-shot stream, so to send a request again the
+//! layer must keep what it has sent. [`Replay`] wraps the caller's body once
+//! per call; every attempt gets a [`ReplayBody`] from it.
+//!
+//! * **Lazy.** Nothing is read until the inner service polls an attempt's
+//!   body. Chunks are recorded as they pass through, so a streaming request
+//!   is never collected up front and a retry resends exactly what the
+//!   original stream produced, in the same chunks.
+//! * **Zero-copy.** Chunks are `Bytes`; recording one is a reference-count
+//!   increment, never a copy of the data.
+//! * **Capped.** Once the recorded bytes would pass the limit, recording
+//!   stops and the buffer is released. The request is still sent in full, but
+//!   it can no longer be replayed, so the call is never retried (A6 treats
+//!   this as a commit).
+//! * **Hand-over.** Only one attempt at a time reads the original body (it
+//!   holds the *source*). A later attempt first replays the recorded chunks;
+//!   once it has caught up it takes the source over, which happens when the
+//!   holder is dropped (hyper drops a request body when its stream ends).
+//!   Until then it waits, so overlapping attempts never panic, lose or
+//!   reorder data.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::BoxError;
+
+/// The caller's request body, shared by the attempts of one call.
+///
+/// ```
+/// # use tonic_retry::replay::Replay;
+/// let replay = Replay::new(tonic::body::Body::empty(), 64 * 1024);
+/// let first_attempt = replay.body();
+/// assert!(replay.is_replayable());
+/// replay.commit(); // the call committed: stop recording, free the buffer
+/// assert!(!replay.is_replayable());
+/// # drop(first_attempt);
+/// ```
+pub struct Replay<B> {
+    shared: Arc<Mutex<Shared<B>>>,
+}
+
+/// One attempt's view of the request body. It replays what earlier attempts
+/// recorded, then continues with the original body where they left off.
+pub struct ReplayBody<B> {
+    shared: Arc<Mutex<Shared<B>>>,
+    /// The original body, while this attempt is the one reading it.
+    source: Option<B>,
+    /// How many of the source's chunks this attempt has yielded.
+    position: usize,
+    trailers_sent: bool,
+}
+
+/// Why a [`ReplayBody`] could not continue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The recorded chunks this attempt still needed were released, because
+    /// the call committed or the request passed the replay limit.
+    Released,
+    /// The original body failed while another attempt was reading it.
+    SourceFailed,
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplayError::Released => "request replay buffer was released",
+            ReplayError::SourceFailed => "the request body failed in an earlier attempt",
+        })
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Every chunk read so far is in `chunks`.
+    On,
+    /// The request passed the limit; chunks were released.
+    Overflowed,
+    /// The call committed; chunks were released.
+    Committed,
+}
+
+struct Shared<B> {
+    /// The original body, parked while no attempt is reading it.
+    source: Option<B>,
+    /// The chunks read from the source, while recording is on.
+    chunks: Vec<Bytes>,
+    /// How many chunks were read from the source, recorded or not.
+    chunks_read: usize,
+    buffered_bytes: usize,
+    limit: usize,
+    recording: Recording,
+    /// The source reached its end; `trailers` holds its trailers, if any.
+    source_done: bool,
+    trailers: Option<HeaderMap>,
+    source_failed: bool,
+    /// Attempts waiting for the source to advance or be handed back.
+    waiters: Vec<Waker>,
+}
+
+impl<B> Shared<B> {
+    fn record(&mut self, chunk: &Bytes) {
+        self.chunks_read += 1;
+        if self.recording != Recording::On {
+            return;
+        }
+        match self.buffered_bytes.checked_add(chunk.len()) {
+            Some(total) if total <= self.limit => {
+                self.buffered_bytes = total;
+                self.chunks.push(chunk.clone());
+            }
+            _ => self.stop_recording(Recording::Overflowed),
+        }
+    }
+
+    fn stop_recording(&mut self, why: Recording) {
+        if self.recording == Recording::On {
+            self.recording = why;
+            // Free the memory now: nothing will replay it.
+            self.chunks = Vec::new();
+            self.buffered_bytes = 0;
+        }
+    }
+
+    fn wake_waiters(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn wait(&mut self, cx: &Context<'_>) {
+        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiters.push(cx.waker().clone());
+        }
+    }
+}
+
+fn lock<B>(shared: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
+    // No code panics while holding the lock; if some future change does,
+    // the state is still consistent enough to finish the call.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<B> Replay<B> {
+    /// Wraps a request body, recording up to `limit` bytes for replay.
+    pub fn new(body: B, limit: usize) -> Self {
+        Replay {
+            shared: Arc::new(Mutex::new(Shared {
+                source: Some(body),
+                chunks: Vec::new(),
+                chunks_read: 0,
+                buffered_bytes: 0,
+                limit,
+                recording: Recording::On,
+                source_done: false,
+                trailers: None,
+                source_failed: false,
+                waiters: Vec::new(),
+            })),
+        }
+    }
+
+    /// A body for the next attempt, which starts from the beginning.
+    pub fn body(&self) -> ReplayBody<B> {
+        ReplayBody {
+            shared: self.shared.clone(),
+            source: None,
+            position: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// Whether another attempt could send the whole request again: nothing
+    /// was dropped for the limit, the call has not committed and the body has
+    /// not failed.
+    pub fn is_replayable(&self) -> bool {
+        let shared = lock(&self.shared);
+        shared.recording == Recording::On && !shared.source_failed
+    }
+
+    /// The call committed: stop recording and release the buffer.
+    pub fn commit(&self) {
+        lock(&self.shared).stop_recording(Recording::Committed);
+    }
+
+    /// The bytes currently held for replay.
+    pub fn buffered_bytes(&self) -> usize {
+        lock(&self.shared).buffered_bytes
+    }
+}
+
+impl<B> fmt::Debug for Replay<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = lock(&self.shared);
+        f.debug_struct("Replay")
+            .field("buffered_bytes", &shared.buffered_bytes)
+            .field("chunks_read", &shared.chunks_read)
+            .field("recording", &shared.recording)
+            .finish()
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayBody")
+            .field("position", &self.position)
+            .field("holds_source", &self.source.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(source) = this.source.as_mut() {
+                let polled = std::task::ready!(Pin::new(source).poll_frame(cx));
+                return Poll::Ready(this.record_from_source(polled));
+            }
+            let mut shared = lock(&this.shared);
+            if this.position < shared.chunks_read {
+                // Behind the source: replay a recorded chunk.
+                if shared.recording != Recording::On {
+                    return Poll::Ready(Some(Err(ReplayError::Released.into())));
+                }
+                let chunk = shared.chunks[this.position].clone();
+                this.position += 1;
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if shared.source_done {
+                if !this.trailers_sent {
+                    this.trailers_sent = true;
+                    if let Some(trailers) = shared.trailers.clone() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                }
+                return Poll::Ready(None);
+            }
+            if shared.source_failed {
+                return Poll::Ready(Some(Err(ReplayError::SourceFailed.into())));
+            }
+            match shared.source.take() {
+                // Caught up and the source is free: read it from here on.
+                Some(source) => this.source = Some(source),
+                None => {
+                    shared.wait(cx);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if let Some(source) = &self.source {
+            return source.is_end_stream();
+        }
+        let shared = lock(&self.shared);
+        if self.position < shared.chunks_read {
+            return false;
+        }
+        if shared.source_done {
+            return self.trailers_sent || shared.trailers.is_none();
+        }
+        shared.source.as_ref().is_some_and(|s| s.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if let Some(source) = &self.source {
+            return source.size_hint();
+        }
+        let shared = lock(&self.shared);
+        if shared.recording != Recording::On {
+            return SizeHint::default();
+        }
+        let recorded: u64 = shared.chunks[self.position.min(shared.chunks.len())..]
+            .iter()
+            .map(|c| c.remaining() as u64)
+            .sum();
+        if shared.source_done {
+            return SizeHint::with_exact(recorded);
+        }
+        let mut hint = shared
+            .source
+            .as_ref()
+            .map(|s| s.size_hint())
+            .unwrap_or_default();
+        hint.set_lower(hint.lower().saturating_add(recorded));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(recorded));
+        }
+        hint
+    }
+}
+
+impl<B> ReplayBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Records what the original body (which this attempt holds) yielded,
+    /// for later attempts, and wakes any attempt waiting for it.
+    fn record_from_source(
+        &mut self,
+        polled: Option<Result<Frame<Bytes>, B::Error>>,
+    ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let mut shared = lock(&self.shared);
+        let result = match polled {
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    shared.record(chunk);
+                    self.position += 1;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    shared.trailers = Some(trailers.clone());
+                    self.trailers_sent = true;
+                }
+                Some(Ok(frame))
+            }
+            Some(Err(error)) => {
+                shared.source_failed = true;
+                self.source = None;
+                Some(Err(error.into()))
+            }
+            None => {
+                shared.source_done = true;
+                self.source = None;
+                None
+            }
+        };
+        shared.wake_waiters();
+        result
+    }
+}
+
+impl<B> Drop for ReplayBody<B> {
+    fn drop(&mut self) {
+        if let Some(source) = self.source.take() {
+            // Hand the rest of the original body to the next attempt.
+            let mut shared = lock(&self.shared);
+            shared.source = Some(source);
+            shared.wake_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::task::Wake;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body that yields scripted frames, optionally returning Pending once
+    /// before each frame, and optionally failing at the end.
+    #[derive(Default)]
+    struct Scripted {
+        frames: VecDeque<Frame<Bytes>>,
+        pending_first: bool,
+        fail_at_end: bool,
+    }
+
+    impl Scripted {
+        fn data(chunks: &[&'static str]) -> Self {
+            Scripted {
+                frames: chunks.iter().map(|c| Frame::data(Bytes::from(*c))).collect(),
+                ..Default::default()
+            }
+        }
+        fn with_trailers(mut self) -> Self {
+            let mut t = HeaderMap::new();
+            t.insert("x-checksum", "abc".parse().unwrap());
+            self.frames.push_back(Frame::trailers(t));
+            self
+        }
+    }
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if self.pending_first {
+                self.pending_first = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match self.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None if self.fail_at_end => {
+                    self.fail_at_end = false;
+                    Poll::Ready(Some(Err(std::io::Error::other("source broke"))))
+                }
+                None => Poll::Ready(None),
+            }
+        }
+        fn is_end_stream(&self) -> bool {
+            self.frames.is_empty() && !self.fail_at_end
+        }
+    }
+
+    /// Everything a body yields: data chunks and trailers.
+    async fn drain<B: Body<Data = Bytes> + Unpin>(
+        mut body: B,
+    ) -> Result<(Vec<Bytes>, Option<HeaderMap>), B::Error> {
+        let mut chunks = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(d) => chunks.push(d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        Ok((chunks, trailers))
+    }
+
+    fn poll_once<B: Body<Data = Bytes> + Unpin>(
+        body: &mut B,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        struct Noop;
+        impl Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = Arc::new(Noop).into();
+        Pin::new(body).poll_frame(&mut Context::from_waker(&waker))
+    }
+
+    #[tokio::test]
+    async fn replay_keeps_chunk_boundaries_and_shares_the_bytes() {
+        let replay = Replay::new(Scripted::data(&["ab", "", "cde", "f"]), 1024);
+        let (first, _) = drain(replay.body()).await.unwrap();
+        let (second, _) = drain(replay.body()).await.unwrap();
+        assert_eq!(first, vec!["ab", "", "cde", "f"]);
+        assert_eq!(second, first);
+        for (a, b) in first.iter().zip(&second) {
+            assert_eq!(a.as_ptr(), b.as_ptr(), "replay must not copy chunk data");
+        }
+        assert_eq!(replay.buffered_bytes(), 6);
+        assert!(replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn replay_includes_trailers() {
+        let replay = Replay::new(Scripted::data(&["x"]).with_trailers(), 1024);
+        let (_, t1) = drain(replay.body()).await.unwrap();
+        let (chunks, t2) = drain(replay.body()).await.unwrap();
+        assert_eq!(chunks, vec!["x"]);
+        assert_eq!(t1.unwrap().get("x-checksum").unwrap(), "abc");
+        assert_eq!(t2.unwrap().get("x-checksum").unwrap(), "abc");
+    }
+
+    #[tokio::test]
+    async fn empty_body_is_end_stream_and_replays_as_empty() {
+        let replay = Replay::new(Scripted::default(), 1024);
+        let first = replay.body();
+        assert!(first.is_end_stream());
+        assert!(drain(first).await.unwrap().0.is_empty());
+        let second = replay.body();
+        assert!(second.is_end_stream());
+        assert!(drain(second).await.unwrap().0.is_empty());
+        assert!(replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_still_sent_but_not_replayable() {
+        let replay = Replay::new(Scripted::data(&["1234", "5678", "9"]), 8);
+        let (sent, _) = drain(replay.body()).await.unwrap();
+        assert_eq!(sent, vec!["1234", "5678", "9"], "everything is still sent");
+        assert!(!replay.is_replayable());
+        assert_eq!(replay.buffered_bytes(), 0, "the buffer is released");
+    }
+
+    #[tokio::test]
+    async fn exactly_at_the_limit_is_replayable() {
+        let replay = Replay::new(Scripted::data(&["1234", "5678"]), 8);
+        drain(replay.body()).await.unwrap();
+        assert!(replay.is_replayable());
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["1234", "5678"]);
+    }
+
+    #[tokio::test]
+    async fn zero_limit_replays_only_empty_requests() {
+        let replay = Replay::new(Scripted::data(&["", ""]), 0);
+        drain(replay.body()).await.unwrap();
+        assert!(replay.is_replayable());
+        let replay = Replay::new(Scripted::data(&["a"]), 0);
+        drain(replay.body()).await.unwrap();
+        assert!(!replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_partial_read_hands_the_rest_to_the_next_attempt() {
+        // The response arrived after one chunk was sent: the retry must send
+        // that chunk again, then the rest of the stream, once each.
+        let replay = Replay::new(Scripted::data(&["a", "b", "c"]), 1024);
+        let mut first = replay.body();
+        assert!(matches!(poll_once(&mut first), Poll::Ready(Some(Ok(_)))));
+        drop(first);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["a", "b", "c"]);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["a", "b", "c"]);
+    }
+
+    /// Polls once; the data chunk yielded, if any.
+    fn next_data<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Poll<Option<Bytes>>
+    where
+        B::Error: fmt::Debug,
+    {
+        poll_once(body).map(|f| f.map(|f| f.unwrap().into_data().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn a_later_attempt_waits_for_the_holder_then_takes_over() {
+        let replay = Replay::new(Scripted::data(&["a", "b", "c"]), 1024);
+        let mut first = replay.body();
+        assert_eq!(next_data(&mut first), Poll::Ready(Some(Bytes::from("a"))));
+        let mut second = replay.body();
+        assert_eq!(next_data(&mut second), Poll::Ready(Some(Bytes::from("a"))));
+        // Caught up, but the first attempt still holds the source: wait.
+        assert_eq!(next_data(&mut second), Poll::Pending);
+        // The holder reads on; the waiter replays what it recorded.
+        assert_eq!(next_data(&mut first), Poll::Ready(Some(Bytes::from("b"))));
+        assert_eq!(next_data(&mut second), Poll::Ready(Some(Bytes::from("b"))));
+        // The holder goes away; the waiter takes the source over.
+        drop(first);
+        assert_eq!(drain(second).await.unwrap().0, vec!["c"]);
+    }
+
+    #[tokio::test]
+    async fn dropping_mid_replay_leaves_the_buffer_intact() {
+        let replay = Replay::new(Scripted::data(&["a", "b"]), 1024);
+        drain(replay.body()).await.unwrap();
+        let mut second = replay.body();
+        assert!(matches!(poll_once(&mut second), Poll::Ready(Some(Ok(_)))));
+        drop(second);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn pending_sources_are_polled_again() {
+        let mut body = Scripted::data(&["a"]);
+        body.pending_first = true;
+        let replay = Replay::new(body, 1024);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["a"]);
+    }
+
+    #[tokio::test]
+    async fn commit_releases_the_buffer() {
+        let replay = Replay::new(Scripted::data(&["abc"]), 1024);
+        drain(replay.body()).await.unwrap();
+        assert_eq!(replay.buffered_bytes(), 3);
+        replay.commit();
+        assert_eq!(replay.buffered_bytes(), 0);
+        assert!(!replay.is_replayable());
+        let err = drain(replay.body()).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ReplayError>(),
+            Some(&ReplayError::Released)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_source_is_not_replayable() {
+        let mut body = Scripted::data(&["a"]);
+        body.fail_at_end = true;
+        let replay = Replay::new(body, 1024);
+        assert!(drain(replay.body()).await.is_err());
+        assert!(!replay.is_replayable());
+        let err = drain(replay.body()).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ReplayError>(),
+            Some(&ReplayError::SourceFailed)
+        );
+    }
+
+    #[tokio::test]
+    async fn size_hint_is_exact_once_fully_recorded() {
+        let replay = Replay::new(Scripted::data(&["ab", "cde"]), 1024);
+        drain(replay.body()).await.unwrap();
+        assert_eq!(replay.body().size_hint().exact(), Some(5));
+    }
+}
