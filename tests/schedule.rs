@@ -1,0 +1,200 @@
+//! Exact backoff and deadline schedules, checked under `tokio::time::pause()`
+//! against an in-memory inner service that fails in a scripted way. Paused
+//! time makes every gap exact, so these tests assert bounds, not averages.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::body::Body;
+use tonic_retry::{Jitter, RetryLayer, RetryPolicy};
+use tower::{Layer, Service, ServiceExt};
+
+/// An inner service that answers every attempt with a trailers-only status
+/// `code` and records when each attempt arrived.
+fn failing_service(
+    code: Code,
+) -> (
+    impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    Arc<Mutex<Vec<Instant>>>,
+) {
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let log = arrivals.clone();
+    let svc = tower::service_fn(move |_req: http::Request<Body>| {
+        log.lock().unwrap().push(Instant::now());
+        async move {
+            Ok::<_, Infallible>(
+                http::Response::builder()
+                    .header("grpc-status", (code as i32).to_string())
+                    .header("grpc-message", "scripted")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+        }
+    });
+    (svc, arrivals)
+}
+
+fn request() -> http::Request<Body> {
+    http::Request::builder()
+        .uri("http://test/pkg.Svc/Method")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn gaps(arrivals: &[Instant]) -> Vec<Duration> {
+    arrivals.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// tokio's timer wheel has millisecond resolution: a sleep ends up to 1 ms late.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+#[tokio::test(start_paused = true)]
+async fn every_backoff_gap_lies_within_twenty_percent_of_the_a6_schedule() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(5)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(1000))
+        .backoff_multiplier(3.0)
+        .build()
+        .unwrap();
+    let expected_base = [100u64, 300, 900, 1000].map(Duration::from_millis);
+    let mut all_gaps = Vec::new();
+    for _ in 0..40 {
+        let (inner, arrivals) = failing_service(Code::Unavailable);
+        let mut svc = RetryLayer::new(policy.clone()).layer(inner);
+        let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "14");
+        let arrivals = arrivals.lock().unwrap().clone();
+        assert_eq!(arrivals.len(), 5, "max_attempts counts the original");
+        for (gap, base) in gaps(&arrivals).into_iter().zip(expected_base) {
+            assert!(
+                gap >= base.mul_f64(0.8) && gap <= base.mul_f64(1.2) + TIMER_SLACK,
+                "gap {gap:?} outside [0.8, 1.2] x {base:?}"
+            );
+            all_gaps.push(gap.as_secs_f64() / base.as_secs_f64());
+        }
+    }
+    // The jitter is really random: ratios spread over the band.
+    let min = all_gaps.iter().cloned().fold(f64::MAX, f64::min);
+    let max = all_gaps.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        min < 0.9 && max > 1.1,
+        "jitter ratios did not spread: {min}..{max}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_jitter_gaps_lie_between_zero_and_the_computed_backoff() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .initial_backoff(Duration::from_millis(200))
+        .max_backoff(Duration::from_millis(500))
+        .backoff_multiplier(2.0)
+        .jitter(Jitter::Full)
+        .build()
+        .unwrap();
+    let expected_base = [200u64, 400, 500].map(Duration::from_millis);
+    for _ in 0..20 {
+        let (inner, arrivals) = failing_service(Code::Aborted);
+        let mut svc = RetryLayer::new(policy.clone()).layer(inner);
+        svc.ready().await.unwrap().call(request()).await.unwrap();
+        let arrivals = arrivals.lock().unwrap().clone();
+        assert_eq!(arrivals.len(), 4);
+        for (gap, base) in gaps(&arrivals).into_iter().zip(expected_base) {
+            assert!(gap <= base + TIMER_SLACK, "gap {gap:?} above {base:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_jitter_the_schedule_is_exact() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .initial_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(120))
+        .backoff_multiplier(2.0)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let (inner, arrivals) = failing_service(Code::Unavailable);
+    let mut svc = RetryLayer::new(policy).layer(inner);
+    svc.ready().await.unwrap().call(request()).await.unwrap();
+    let got = gaps(&arrivals.lock().unwrap());
+    let want = [50u64, 100, 120].map(Duration::from_millis);
+    for (gap, want) in got.iter().zip(want) {
+        assert!(*gap >= want && *gap <= want + TIMER_SLACK, "{got:?}");
+    }
+    assert_eq!(got.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fails_at_once_when_the_next_backoff_would_pass_the_deadline() {
+    // Attempts at 0 ms and 100 ms; the next backoff (200 ms) would end at
+    // 300 ms, past the 250 ms deadline, so the call fails at 100 ms.
+    let policy = RetryPolicy::builder()
+        .max_attempts(5)
+        .initial_backoff(Duration::from_millis(100))
+        .backoff_multiplier(2.0)
+        .jitter(Jitter::None)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let (inner, arrivals) = failing_service(Code::Unavailable);
+    let mut svc = RetryLayer::new(policy).layer(inner);
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap_err();
+    let status = err.downcast::<tonic::Status>().unwrap();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("UNAVAILABLE: scripted"),
+        "the message names the last attempt's status: {}",
+        status.message()
+    );
+    assert_eq!(Instant::now() - start, Duration::from_millis(100));
+    assert_eq!(arrivals.lock().unwrap().len(), 2);
+    assert_eq!(status.metadata().get("grpc-previous-rpc-attempts").unwrap(), "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_interrupts_a_slow_attempt_exactly_on_time() {
+    let policy = RetryPolicy::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_req: http::Request<Body>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<http::Response<Body>, Infallible>(http::Response::new(Body::empty()))
+    });
+    let mut svc = RetryLayer::new(policy).layer(inner);
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap_err();
+    let status = err.downcast::<tonic::Status>().unwrap();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let elapsed = Instant::now() - start;
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(300) + TIMER_SLACK,
+        "{elapsed:?}"
+    );
+}
