@@ -80,8 +80,12 @@ where
         let request = http::Request::from_parts(parts, Body::new(replay.body()));
 
         let attempt_span = debug_span!(parent: &span, "grpc.attempt", attempt, code = field::Empty, backoff_ms = field::Empty);
-        let send = send(&mut inner, std::mem::replace(&mut ready, Ok(false)), request)
-            .instrument(attempt_span.clone());
+        let send = send(
+            &mut inner,
+            std::mem::replace(&mut ready, Ok(false)),
+            request,
+        )
+        .instrument(attempt_span.clone());
         let result = tokio::select! {
             biased;
             () = cancelled(cancel.as_ref()) => {
@@ -217,13 +221,20 @@ impl<ResBody> Failure<ResBody> {
 
     fn surface(self, attempt: u32, span: &Span) -> Result<http::Response<ResBody>, BoxError> {
         match self {
-            Failure::Response { response, .. } => Ok(surface_response(response, attempt, span)),
+            Failure::Response { mut response, .. } => {
+                classify::strip_malformed_status_details(response.headers_mut());
+                Ok(surface_response(response, attempt, span))
+            }
             Failure::Status(status) => Err(surface_status(status, attempt, span)),
         }
     }
 }
 
-fn surface_response<B>(mut response: http::Response<B>, attempt: u32, span: &Span) -> http::Response<B> {
+fn surface_response<B>(
+    mut response: http::Response<B>,
+    attempt: u32,
+    span: &Span,
+) -> http::Response<B> {
     span.record("attempts", attempt);
     if attempt > 1 {
         response
@@ -250,7 +261,11 @@ fn cancelled_status() -> Status {
 
 /// The call's deadline: the earliest of the request's `grpc-timeout` and the
 /// policy's timeout, measured from the call's start.
-fn call_deadline(headers: &HeaderMap, policy_timeout: Option<Duration>, start: Instant) -> Option<Instant> {
+fn call_deadline(
+    headers: &HeaderMap,
+    policy_timeout: Option<Duration>,
+    start: Instant,
+) -> Option<Instant> {
     let from_request = deadline::request_timeout(headers).and_then(|t| start.checked_add(t));
     let from_policy = policy_timeout.and_then(|t| start.checked_add(t));
     earliest(from_request, from_policy)

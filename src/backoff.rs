@@ -47,7 +47,7 @@ pub(crate) fn computed_backoff(policy: &RetryPolicy, n: u32) -> Duration {
     // `secs` may be inf (huge exponent) or underflow to 0 (multiplier < 1);
     // both are valid inputs to `min`, and the conversion below cannot fail
     // for a finite, non-negative value no larger than `max_backoff`.
-    if !(secs < policy.max_backoff.as_secs_f64()) {
+    if secs.is_nan() || secs >= policy.max_backoff.as_secs_f64() {
         return policy.max_backoff;
     }
     Duration::try_from_secs_f64(secs).unwrap_or(policy.max_backoff)

@@ -11,6 +11,8 @@
 //! `grpc-status-details-bin`, and a server controls those bytes, so the few
 //! bytes of `grpc-status` are parsed here instead.
 
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderMap, StatusCode, header::HeaderName};
 use tonic::{Code, Status};
 
@@ -18,6 +20,39 @@ use crate::BoxError;
 
 /// The `grpc-status` header.
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The `grpc-status-details-bin` header: a base64 `google.rpc.Status`.
+pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+    HeaderName::from_static("grpc-status-details-bin");
+
+/// Standard base64 with optional padding: what gRPC peers send and what
+/// tonic accepts.
+const STATUS_DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes `grpc-status-details-bin`, or `None` if it is not valid base64.
+pub(crate) fn decode_status_details(value: &[u8]) -> Option<Vec<u8>> {
+    STATUS_DETAILS_BASE64.decode(value).ok()
+}
+
+/// Removes a `grpc-status-details-bin` that is not valid base64 from a
+/// trailers-only response about to be surfaced.
+///
+/// tonic's client decodes it with `expect` (`Status::from_header_map`), so a
+/// server sending garbage there would otherwise panic the caller's task.
+/// Dropping undecodable details is what grpc-go does too.
+pub(crate) fn strip_malformed_status_details(headers: &mut HeaderMap) {
+    let malformed = headers
+        .get_all(&GRPC_STATUS_DETAILS)
+        .iter()
+        .any(|v| decode_status_details(v.as_bytes()).is_none());
+    if malformed {
+        tracing::debug!("dropping malformed grpc-status-details-bin from a trailers-only response");
+        headers.remove(&GRPC_STATUS_DETAILS);
+    }
+}
 
 /// What the head of a response means for the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +167,10 @@ mod tests {
 
     #[test]
     fn normal_headers_commit() {
-        assert_eq!(classify_response(&response(200, None)), ResponseKind::Commit);
+        assert_eq!(
+            classify_response(&response(200, None)),
+            ResponseKind::Commit
+        );
     }
 
     #[test]
@@ -188,7 +226,23 @@ mod tests {
             assert_eq!(parse_grpc_status(raw), Code::Unknown, "{raw:?}");
         }
         for n in 0..=16 {
-            assert_eq!(parse_grpc_status(n.to_string().as_bytes()), Code::from_i32(n));
+            assert_eq!(
+                parse_grpc_status(n.to_string().as_bytes()),
+                Code::from_i32(n)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_status_details_are_stripped_valid_ones_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS_DETAILS, "CAU".parse().unwrap()); // unpadded, valid
+        strip_malformed_status_details(&mut headers);
+        assert_eq!(headers.get(GRPC_STATUS_DETAILS).unwrap(), "CAU");
+        for garbage in ["!!!", "a", "CAU=x", "%%%"] {
+            headers.insert(GRPC_STATUS_DETAILS, garbage.parse().unwrap());
+            strip_malformed_status_details(&mut headers);
+            assert!(headers.get(GRPC_STATUS_DETAILS).is_none(), "{garbage}");
         }
     }
 
@@ -212,7 +266,7 @@ mod tests {
         let got = status_from_error(Box::new(original));
         assert_eq!(got.code(), Code::Aborted);
         assert_eq!(got.message(), "boom");
-        assert_eq!(&got.details()[..], b"details");
+        assert_eq!(got.details(), b"details");
         assert_eq!(got.metadata().get("k").unwrap(), "v");
     }
 }

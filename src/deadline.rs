@@ -112,7 +112,16 @@ mod tests {
     #[test]
     fn malformed_timeouts_are_none_never_a_panic() {
         let bad: [&[u8]; 11] = [
-            b"", b"m", b"10", b"10x", b"-5m", b"1.5S", b" 5m", b"5m ", b"123456789m", b"\xff\xfem",
+            b"",
+            b"m",
+            b"10",
+            b"10x",
+            b"-5m",
+            b"1.5S",
+            b" 5m",
+            b"5m ",
+            b"123456789m",
+            b"\xff\xfem",
             b"5mm",
         ];
         for raw in bad {

@@ -80,7 +80,9 @@ impl CodeSet {
 
     /// The codes in the set, in numeric order.
     pub fn iter(self) -> impl Iterator<Item = Code> {
-        (0..=16).map(Code::from_i32).filter(move |c| self.contains(*c))
+        (0..=16)
+            .map(Code::from_i32)
+            .filter(move |c| self.contains(*c))
     }
 
     const fn bit(code: Code) -> u32 {

@@ -383,7 +383,10 @@ mod tests {
     impl Scripted {
         fn data(chunks: &[&'static str]) -> Self {
             Scripted {
-                frames: chunks.iter().map(|c| Frame::data(Bytes::from(*c))).collect(),
+                frames: chunks
+                    .iter()
+                    .map(|c| Frame::data(Bytes::from(*c)))
+                    .collect(),
                 ..Default::default()
             }
         }

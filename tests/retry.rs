@@ -34,7 +34,10 @@ async fn retries_then_succeeds() {
 async fn success_on_the_first_attempt_adds_no_metadata() {
     let server = TestServer::start().await.unwrap();
     let mut client = client(&server, fast_policy().build().unwrap()).await;
-    let response = client.unary(scripted("c", &[FaultAction::ok()])).await.unwrap();
+    let response = client
+        .unary(scripted("c", &[FaultAction::ok()]))
+        .await
+        .unwrap();
     assert_eq!(previous_attempts(response.metadata()), None);
     assert_eq!(server.attempts("c").len(), 1);
 }
@@ -54,11 +57,18 @@ async fn non_retryable_code_is_final() {
         Code::Internal,
     ] {
         let id = format!("{code:?}");
-        let script = [FaultAction::code(code).message("logic error"), FaultAction::ok()];
+        let script = [
+            FaultAction::code(code).message("logic error"),
+            FaultAction::ok(),
+        ];
         let status = client.unary(scripted(&id, &script)).await.unwrap_err();
         assert_eq!(status.code(), code);
         assert_eq!(status.message(), "logic error");
-        assert_eq!(server.attempts(&id).len(), 1, "{code:?} must not be retried");
+        assert_eq!(
+            server.attempts(&id).len(),
+            1,
+            "{code:?} must not be retried"
+        );
         assert_eq!(previous_attempts(status.metadata()), None);
     }
 }
@@ -102,7 +112,10 @@ async fn max_attempts_is_capped_at_five() {
     let policy = fast_policy().max_attempts(10).build().unwrap();
     assert_eq!(policy.max_attempts(), 5);
     let mut client = client(&server, policy).await;
-    let status = client.unary(scripted("c", &[unavailable()])).await.unwrap_err();
+    let status = client
+        .unary(scripted("c", &[unavailable()]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(server.attempts("c").len(), 5);
 }
@@ -112,7 +125,10 @@ async fn max_attempts_one_never_retries() {
     let server = TestServer::start().await.unwrap();
     let policy = fast_policy().max_attempts(1).build().unwrap();
     let mut client = client(&server, policy).await;
-    let status = client.unary(scripted("c", &[unavailable()])).await.unwrap_err();
+    let status = client
+        .unary(scripted("c", &[unavailable()]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(server.attempts("c").len(), 1);
 }
@@ -130,7 +146,11 @@ async fn commits_after_response_headers() {
     let status = client.unary(scripted("c", &script)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "after headers");
-    assert_eq!(server.attempts("c").len(), 1, "committed calls are never retried");
+    assert_eq!(
+        server.attempts("c").len(),
+        1,
+        "committed calls are never retried"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +183,10 @@ async fn pushback_is_not_yet_honoured_but_never_forces_a_retry() {
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(server.attempts("slow").len(), 2);
 
-    let script = [FaultAction::code(Code::NotFound).pushback("0"), FaultAction::ok()];
+    let script = [
+        FaultAction::code(Code::NotFound).pushback("0"),
+        FaultAction::ok(),
+    ];
     let status = client.unary(scripted("final", &script)).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(server.attempts("final").len(), 1);
@@ -192,7 +215,10 @@ async fn one_deadline_covers_all_attempts() {
 #[tokio::test]
 async fn the_policy_timeout_and_the_request_timeout_take_the_earlier() {
     let server = TestServer::start().await.unwrap();
-    let policy = fast_policy().timeout(Duration::from_millis(200)).build().unwrap();
+    let policy = fast_policy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let mut client = client(&server, policy).await;
     let mut request = scripted("c", &[FaultAction::ok().delay_ms(5000)]);
     request.set_timeout(Duration::from_secs(10));
@@ -211,7 +237,11 @@ async fn grpc_timeout_is_rewritten_to_the_time_left_on_each_attempt() {
     let mut client = client(&server, policy).await;
     let mut request = scripted(
         "c",
-        &[unavailable().delay_ms(40), unavailable().delay_ms(40), FaultAction::ok()],
+        &[
+            unavailable().delay_ms(40),
+            unavailable().delay_ms(40),
+            FaultAction::ok(),
+        ],
     );
     request.set_timeout(Duration::from_secs(2));
     client.unary(request).await.unwrap();
@@ -219,7 +249,10 @@ async fn grpc_timeout_is_rewritten_to_the_time_left_on_each_attempt() {
     let sent: Vec<Duration> = server
         .attempts("c")
         .iter()
-        .map(|a| a.grpc_timeout_parsed.expect("every attempt carries grpc-timeout"))
+        .map(|a| {
+            a.grpc_timeout_parsed
+                .expect("every attempt carries grpc-timeout")
+        })
         .collect();
     assert_eq!(sent.len(), 3);
     assert!(sent[0] <= Duration::from_secs(2) && sent[0] > Duration::from_millis(1900));
@@ -284,7 +317,10 @@ async fn dropping_the_call_mid_backoff_stops_it_and_leaves_nothing_behind() {
         .unwrap();
     let mut client = client(&server, policy).await;
     // Warm the connection so its tasks exist before we count.
-    client.unary(scripted("warm", &[FaultAction::ok()])).await.unwrap();
+    client
+        .unary(scripted("warm", &[FaultAction::ok()]))
+        .await
+        .unwrap();
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
 
@@ -516,9 +552,16 @@ async fn connection_refused_is_retried_until_the_server_comes_up() {
     let server = server_up.await.unwrap();
 
     assert!(start.elapsed() < Duration::from_secs(3));
-    let previous: u32 = previous_attempts(response.metadata()).unwrap().parse().unwrap();
+    let previous: u32 = previous_attempts(response.metadata())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(previous >= 1, "at least one attempt was refused");
-    assert_eq!(server.attempts("c").len(), 1, "refused attempts never arrived");
+    assert_eq!(
+        server.attempts("c").len(),
+        1,
+        "refused attempts never arrived"
+    );
 }
 
 #[tokio::test]
@@ -543,7 +586,12 @@ async fn connection_refused_exhausted_surfaces_unavailable() {
 async fn grpc_previous_rpc_attempts_counts_up_from_the_second_attempt() {
     let server = TestServer::start().await.unwrap();
     let mut client = client(&server, fast_policy().build().unwrap()).await;
-    let script = [unavailable(), unavailable(), unavailable(), FaultAction::ok()];
+    let script = [
+        unavailable(),
+        unavailable(),
+        unavailable(),
+        FaultAction::ok(),
+    ];
     client.unary(scripted("c", &script)).await.unwrap();
     let sent: Vec<Option<String>> = server
         .attempts("c")
@@ -566,7 +614,10 @@ async fn http_errors_without_grpc_status_are_classified_like_grpc() {
     assert_eq!(server.attempts("proxy").len(), 2);
     // A 404 maps to UNIMPLEMENTED: final.
     let script = [FaultAction::http_status(404), FaultAction::ok()];
-    let status = client.unary(scripted("missing", &script)).await.unwrap_err();
+    let status = client
+        .unary(scripted("missing", &script))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     assert_eq!(server.attempts("missing").len(), 1);
 }
@@ -588,9 +639,43 @@ async fn the_custom_classifier_decides_from_code_and_headers() {
         .unwrap();
     assert_eq!(server.attempts("t").len(), 2);
     let status = client
-        .unary(scripted("p", &[FaultAction::code(Code::ResourceExhausted), FaultAction::ok()]))
+        .unary(scripted(
+            "p",
+            &[
+                FaultAction::code(Code::ResourceExhausted),
+                FaultAction::ok(),
+            ],
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(server.attempts("p").len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_status_headers_never_panic_the_caller() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = client(&server, fast_policy().max_attempts(2).build().unwrap()).await;
+    // Garbage details would make tonic's stub panic (it decodes them with
+    // `expect`); the layer drops them and keeps code and message.
+    let bad_details = FaultAction::code(Code::Unavailable)
+        .message("bad details")
+        .raw_header("grpc-status-details-bin", "!!!not base64!!!");
+    let status = client
+        .unary(scripted("details", &[bad_details]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "bad details");
+    assert!(status.details().is_empty());
+    assert_eq!(server.attempts("details").len(), 2);
+
+    // A grpc-status that is not a code is UNKNOWN, which is final.
+    for raw in ["abc", "99", "", "-1", "014"] {
+        let id = format!("status-{raw}");
+        let action = FaultAction::code(Code::Unavailable).grpc_status_raw(raw);
+        let status = client.unary(scripted(&id, &[action])).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unknown, "grpc-status {raw:?}");
+        assert_eq!(server.attempts(&id).len(), 1);
+    }
 }

@@ -12,8 +12,10 @@ use tonic::body::Body;
 use tonic_retry::{Jitter, RetryLayer, RetryPolicy};
 use tower::{Layer, Service, ServiceExt};
 
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
 /// An inner service that answers every attempt with a trailers-only status
-/// `code` and records when each attempt arrived.
+/// `code`, and the log of when each attempt arrived.
 fn failing_service(
     code: Code,
 ) -> (
@@ -25,9 +27,9 @@ fn failing_service(
     > + Clone
     + Send
     + 'static,
-    Arc<Mutex<Vec<Instant>>>,
+    Arrivals,
 ) {
-    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let arrivals = Arrivals::default();
     let log = arrivals.clone();
     let svc = tower::service_fn(move |_req: http::Request<Body>| {
         log.lock().unwrap().push(Instant::now());
@@ -168,7 +170,10 @@ async fn fails_at_once_when_the_next_backoff_would_pass_the_deadline() {
     );
     assert_eq!(Instant::now() - start, Duration::from_millis(100));
     assert_eq!(arrivals.lock().unwrap().len(), 2);
-    assert_eq!(status.metadata().get("grpc-previous-rpc-attempts").unwrap(), "1");
+    assert_eq!(
+        status.metadata().get("grpc-previous-rpc-attempts").unwrap(),
+        "1"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,7 +199,8 @@ async fn the_deadline_interrupts_a_slow_attempt_exactly_on_time() {
     assert_eq!(status.code(), Code::DeadlineExceeded);
     let elapsed = Instant::now() - start;
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(300) + TIMER_SLACK,
+        elapsed >= Duration::from_millis(300)
+            && elapsed <= Duration::from_millis(300) + TIMER_SLACK,
         "{elapsed:?}"
     );
 }

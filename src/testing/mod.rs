@@ -1,0 +1,283 @@
+//! A scripted fault-injection gRPC server for testing retries (feature
+//! `testing`).
+//!
+//! [`TestServer`] serves the `retry.test.v1.Echo` service of
+//! `proto/echo.proto` on `127.0.0.1` in a background tokio task. It is not
+//! the tonic-generated server but a hand-written [`EchoService`] that
+//! controls every header, so it can produce the responses a retry policy has
+//! to cope with: Trailers-Only errors, errors after response headers, pushback
+//! (valid, garbage or repeated), `RetryInfo` details, malformed
+//! `grpc-status`, bare HTTP errors from a "proxy", stream resets, delays and
+//! responses sent before the request stream ended.
+//!
+//! # Scripting attempts with request metadata
+//!
+//! * `x-call-id: <string>` groups the attempts of one logical call. The
+//!   server numbers the attempts of each call id 0, 1, 2, … in arrival order.
+//!   Without the header every request is a call of its own (attempt 0),
+//!   recorded under the call id `""`.
+//! * `x-fault: <JSON array of FaultAction>` is the script: attempt `i` uses
+//!   action `min(i, len - 1)`, so the last action repeats. A missing or empty
+//!   header (or `[]`) means the default action, a successful echo. Invalid
+//!   JSON is answered with `INVALID_ARGUMENT` naming the parse error.
+//!
+//! A [`FaultAction`] is a JSON object; every field is optional, unknown
+//! fields are rejected:
+//!
+//! ```text
+//! [{"code":14,"message":"try again","pushback":"100"},
+//!  {"code":14,"headers_first":true,"delay_ms":50,"body_delay_ms":10},
+//!  {"code":8,"retry_info_ms":250,"raw_headers":[["grpc-retry-pushback-ms","1"]]},
+//!  {"grpc_status_raw":"abc"}, {"http_status":503}, {"reset":true}, {"early":true},
+//!  {}]
+//! ```
+//!
+//! | field | type | effect |
+//! |---|---|---|
+//! | `code` | integer 0..=16 | status code; 0 (default) echoes the request |
+//! | `message` | string | `grpc-message` |
+//! | `pushback` | string | raw `grpc-retry-pushback-ms` value |
+//! | `headers_first` | bool | errors: headers first, status in trailers |
+//! | `delay_ms` | integer | sleep before responding |
+//! | `body_delay_ms` | integer | sleep after the response headers |
+//! | `retry_info_ms` | integer | `google.rpc.RetryInfo` in `grpc-status-details-bin` |
+//! | `raw_headers` | `[[name, value], …]` | appended to the status headers |
+//! | `grpc_status_raw` | string | replaces the `grpc-status` value verbatim |
+//! | `http_status` | integer | this HTTP status, no `grpc-status` |
+//! | `reset` | bool | `RST_STREAM` instead of a response |
+//! | `reset_reason` | integer | HTTP/2 error code of the reset (default 2, `INTERNAL_ERROR`) |
+//! | `early` | bool | respond without reading the request body |
+//!
+//! Build scripts with [`FaultAction`]'s helpers and [`fault_header`] (or
+//! [`set_script`]) rather than by hand.
+//!
+//! # What the server does with one attempt
+//!
+//! 1. It records an [`AttemptRecord`] as soon as the request headers arrive.
+//! 2. `Unary`, `ClientStream` and `ServerStream` read the whole request body
+//!    (updating `request_bytes` / `request_messages`), unless the action is
+//!    `early`. `Bidi` never waits for the request body.
+//! 3. It sleeps `delay_ms`. If the client resets the stream meanwhile, the
+//!    handler is dropped and the record is marked `cancelled`. Under
+//!    [`TestServer`], tonic's server also enforces the request's
+//!    `grpc-timeout` up to the response headers: when it expires the
+//!    handler is dropped (`cancelled`) and tonic answers `CANCELLED`.
+//! 4. It responds, in this order of precedence:
+//!    * `reset`: resets the stream (after the headers, if `headers_first`);
+//!    * `http_status`: that HTTP status, `content-type: text/plain`, no
+//!      `grpc-status`, plus `pushback` and `raw_headers`;
+//!    * `code` ≠ 0: a Trailers-Only response, or headers then trailers with
+//!      `headers_first`;
+//!    * `code` = 0: headers, then for `Unary` / `ClientStream` one
+//!      [`EchoResponse`](proto::EchoResponse) with the concatenated payloads
+//!      and texts of all request messages, the attempt index, `request_bytes`
+//!      and `request_messages`; for `ServerStream` three such responses; for
+//!      `Bidi` one response per request message as it arrives (with running
+//!      totals), then the trailers.
+//!
+//!    The status headers are `grpc-status` (replaced by `grpc_status_raw`),
+//!    `grpc-message`, `grpc-status-details-bin`, then `pushback` and
+//!    `raw_headers` appended; OK responses carry them in their trailers too.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tonic::Code;
+//! use tonic_retry::testing::proto::{EchoClient, EchoRequest};
+//! use tonic_retry::testing::{FaultAction, TestServer, set_script};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = TestServer::start().await?;
+//! let mut client = EchoClient::connect(server.uri()).await?;
+//! let script = [FaultAction::code(Code::Unavailable).pushback("100"), FaultAction::ok()];
+//!
+//! let mut request = tonic::Request::new(EchoRequest { payload: b"hi".to_vec(), text: "hello".into() });
+//! set_script(&mut request, "call-1", &script)?;
+//! let status = client.unary(request).await.unwrap_err();
+//! assert_eq!(status.code(), Code::Unavailable);
+//!
+//! let mut request = tonic::Request::new(EchoRequest::default());
+//! set_script(&mut request, "call-1", &script)?;
+//! assert_eq!(client.unary(request).await?.into_inner().attempt, 1);
+//!
+//! assert_eq!(server.attempts("call-1").len(), 2);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod fault;
+mod frame;
+mod service;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::metadata::errors::InvalidMetadataValue;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use fault::{FaultAction, fault_header};
+pub use service::{AttemptRecord, EchoService, ResetStream, SERVER_STREAM_RESPONSES};
+
+/// Generated protobuf messages and client for `retry.test.v1`
+/// (`proto/echo.proto`).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("retry.test.v1");
+
+    pub use echo_client::EchoClient;
+}
+
+/// Metadata key grouping the attempts of one logical call.
+pub const CALL_ID_HEADER: &str = "x-call-id";
+
+/// Metadata key holding the JSON script (see [`fault_header`]).
+pub const FAULT_HEADER: &str = "x-fault";
+
+/// Sets `x-call-id` and `x-fault` on `request`.
+///
+/// Fails only if `call_id` is not a valid ASCII metadata value.
+pub fn set_script<T>(
+    request: &mut tonic::Request<T>,
+    call_id: &str,
+    actions: &[FaultAction],
+) -> Result<(), InvalidMetadataValue> {
+    let call_id = MetadataValue::try_from(call_id)?;
+    let script = MetadataValue::try_from(fault_header(actions))?;
+    let metadata = request.metadata_mut();
+    metadata.insert(CALL_ID_HEADER, call_id);
+    metadata.insert(FAULT_HEADER, script);
+    Ok(())
+}
+
+/// How long [`TestServer::shutdown`] waits for connections to drain.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// An in-process [`EchoService`] served over HTTP/2 on a local TCP port.
+///
+/// Dropping it signals a graceful shutdown without waiting for it; use
+/// [`TestServer::shutdown`] to wait until the port is closed (e.g. before
+/// starting a new server on the same address).
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    service: EchoService,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh [`EchoService`] on `127.0.0.1:0` (a free
+    /// port). Must be called within a tokio runtime.
+    pub async fn start() -> io::Result<TestServer> {
+        Self::start_at(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts a server with a fresh [`EchoService`] on `addr`, e.g. the
+    /// address of a server that was shut down, to bring it back up.
+    pub async fn start_at(addr: SocketAddr) -> io::Result<TestServer> {
+        Self::start_with(addr, EchoService::new()).await
+    }
+
+    /// Starts a server for `service` on `addr`. Reusing the service of a
+    /// previous server keeps the attempt records (and per-call attempt
+    /// numbering) across a restart.
+    pub async fn start_with(addr: SocketAddr, service: EchoService) -> io::Result<TestServer> {
+        let listener = TcpListener::bind(addr).await?;
+        Self::start_on(listener, service).await
+    }
+
+    /// Starts a server for `service` on an already bound listener.
+    pub async fn start_on(listener: TcpListener, service: EchoService) -> io::Result<TestServer> {
+        let addr = listener.local_addr()?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let svc = service.clone();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                // Dropped sender means shutdown too.
+                let _ = signal.await;
+            };
+            if let Err(e) = Server::builder()
+                .serve_with_incoming_shutdown(svc, incoming, signal)
+                .await
+            {
+                tracing::warn!(error = %e, "tonic-retry test server failed");
+            }
+        });
+        Ok(TestServer {
+            addr,
+            service,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for `EchoClient::connect` or `Endpoint`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The service (shared with the server; clones share records).
+    pub fn service(&self) -> &EchoService {
+        &self.service
+    }
+
+    /// Snapshots of the attempts of call `call_id`, in arrival order.
+    pub fn attempts(&self, call_id: &str) -> Vec<AttemptRecord> {
+        self.service.attempts(call_id)
+    }
+
+    /// Snapshots of all attempts, in arrival order.
+    pub fn all_attempts(&self) -> Vec<AttemptRecord> {
+        self.service.all_attempts()
+    }
+
+    /// Number of attempts received, all calls together.
+    pub fn total_attempts(&self) -> usize {
+        self.service.total_attempts()
+    }
+
+    /// Waits until call `call_id` has at least `n` attempts.
+    pub async fn wait_for_attempts(&self, call_id: &str, n: usize) {
+        self.service.wait_for_attempts(call_id, n).await;
+    }
+
+    /// Stops accepting connections, lets open connections finish their
+    /// streams (HTTP/2 `GOAWAY`) and waits for that, at most 10 seconds.
+    /// The listening socket is closed when this returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

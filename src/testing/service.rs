@@ -1,0 +1,773 @@
+//! The hand-written, scripted `retry.test.v1.Echo` service.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as _, Frame};
+use prost::Message as _;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tonic::body::Body;
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use super::fault::{FaultAction, parse_script};
+use super::frame::{FrameDecoder, FrameError, encode_frame};
+use super::proto::{EchoRequest, EchoResponse};
+use super::{CALL_ID_HEADER, FAULT_HEADER};
+use crate::deadline::parse_grpc_timeout;
+
+const GRPC_CONTENT_TYPE: &str = "application/grpc";
+const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+/// Number of responses `ServerStream` sends on success.
+pub const SERVER_STREAM_RESPONSES: usize = 3;
+
+/// What the server saw of one attempt. Obtained as a snapshot from
+/// [`EchoService::attempts`] / [`TestServer::attempts`](super::TestServer::attempts);
+/// take a new snapshot to see later updates.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// Value of `x-call-id` (`""` when the header is missing).
+    pub call_id: String,
+    /// 0-based index of this attempt among the attempts with the same call
+    /// id, in arrival order; always 0 when `x-call-id` is missing.
+    pub attempt: usize,
+    /// Request path, e.g. `/retry.test.v1.Echo/Unary`.
+    pub method: String,
+    /// When the request headers reached the service.
+    pub arrived: Instant,
+    /// Raw `grpc-previous-rpc-attempts` header.
+    pub previous_rpc_attempts: Option<String>,
+    /// Raw `grpc-timeout` header.
+    pub grpc_timeout: Option<String>,
+    /// `grpc_timeout` parsed by [`parse_grpc_timeout`]; `None` if missing
+    /// or malformed.
+    pub grpc_timeout_parsed: Option<Duration>,
+    /// Sum of the request message lengths (5-byte frame prefixes excluded)
+    /// read so far. Stays 0 for `early` actions.
+    pub request_bytes: u64,
+    /// Number of request messages read so far.
+    pub request_messages: u32,
+    /// The handler ran to the end: the whole scripted response (including a
+    /// scripted reset) was produced.
+    pub completed: bool,
+    /// The handler was dropped before completing, e.g. because the client
+    /// reset the stream during a delay.
+    pub cancelled: bool,
+    /// The action chosen for this attempt; `None` if `x-fault` was invalid.
+    pub action: Option<FaultAction>,
+    /// All request headers (metadata) as received.
+    pub headers: HeaderMap,
+}
+
+/// The error [`EchoService`] returns for a scripted `reset`: it makes the
+/// HTTP/2 server reset the stream (`RST_STREAM`) instead of responding. Its
+/// source is the `h2::Error` carrying the reset reason, which hyper uses as
+/// the `RST_STREAM` error code.
+#[derive(Debug)]
+pub struct ResetStream {
+    reason: h2::Error,
+}
+
+impl ResetStream {
+    /// A reset with HTTP/2 error code `reason` (2 is `INTERNAL_ERROR`).
+    pub fn new(reason: u32) -> Self {
+        Self {
+            reason: h2::Error::from(h2::Reason::from(reason)),
+        }
+    }
+
+    /// The HTTP/2 error code of the reset.
+    pub fn reason(&self) -> u32 {
+        self.reason.reason().map_or(2, u32::from)
+    }
+}
+
+impl fmt::Display for ResetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "scripted stream reset with HTTP/2 error code {}",
+            self.reason()
+        )
+    }
+}
+
+impl std::error::Error for ResetStream {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.reason)
+    }
+}
+
+type Record = Arc<Mutex<AttemptRecord>>;
+
+#[derive(Default)]
+struct Calls {
+    by_id: HashMap<String, Vec<Record>>,
+    in_order: Vec<Record>,
+}
+
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<Calls>,
+    arrivals: Notify,
+}
+
+/// The scripted echo service: a `tower::Service` over raw
+/// `http::Request<tonic::body::Body>`, so it controls every header.
+///
+/// [`TestServer`](super::TestServer) serves it over TCP; it can also be
+/// called in-process as a tower service (then `grpc-timeout` is recorded but
+/// not enforced, and [`ResetStream`] surfaces as the service error).
+/// Clones share their records.
+///
+/// It cannot be mounted in a tonic `Router`, which requires an infallible
+/// service: its error type is [`ResetStream`].
+#[derive(Clone, Default)]
+pub struct EchoService {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for EchoService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EchoService")
+            .field("total_attempts", &self.total_attempts())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl EchoService {
+    /// A service with no recorded attempts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Snapshots of the attempts of call `call_id`, in arrival order.
+    pub fn attempts(&self, call_id: &str) -> Vec<AttemptRecord> {
+        let calls = lock(&self.shared.calls);
+        calls
+            .by_id
+            .get(call_id)
+            .map(|records| records.iter().map(|r| lock(r).clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Snapshots of all attempts of all calls, in arrival order.
+    pub fn all_attempts(&self) -> Vec<AttemptRecord> {
+        let calls = lock(&self.shared.calls);
+        calls.in_order.iter().map(|r| lock(r).clone()).collect()
+    }
+
+    /// Number of attempts received, all calls together.
+    pub fn total_attempts(&self) -> usize {
+        lock(&self.shared.calls).in_order.len()
+    }
+
+    /// Waits until call `call_id` has at least `n` attempts (no timeout of
+    /// its own: wrap it in `tokio::time::timeout`).
+    pub async fn wait_for_attempts(&self, call_id: &str, n: usize) {
+        loop {
+            let notified = self.shared.arrivals.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let have = lock(&self.shared.calls)
+                .by_id
+                .get(call_id)
+                .map_or(0, Vec::len);
+            if have >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records a new attempt and picks its action.
+    fn register(
+        &self,
+        call_id: Option<String>,
+        method: String,
+        headers: &HeaderMap,
+        script: &Result<Vec<FaultAction>, String>,
+    ) -> (Record, usize, Option<FaultAction>) {
+        let raw = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let grpc_timeout = raw("grpc-timeout");
+        let grpc_timeout_parsed = grpc_timeout
+            .as_deref()
+            .and_then(|t| parse_grpc_timeout(t.as_bytes()));
+        let mut calls = lock(&self.shared.calls);
+        // Without a call id every request is a call of its own (attempt 0),
+        // recorded under "".
+        let counted = call_id.is_some();
+        let call_id = call_id.unwrap_or_default();
+        let attempts = calls.by_id.entry(call_id.clone()).or_default();
+        let attempt = if counted { attempts.len() } else { 0 };
+        let action = match script {
+            Ok(actions) => Some(
+                actions
+                    .get(attempt.min(actions.len().saturating_sub(1)))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            Err(_) => None,
+        };
+        let record = Arc::new(Mutex::new(AttemptRecord {
+            call_id,
+            attempt,
+            method,
+            arrived: Instant::now(),
+            previous_rpc_attempts: raw("grpc-previous-rpc-attempts"),
+            grpc_timeout,
+            grpc_timeout_parsed,
+            request_bytes: 0,
+            request_messages: 0,
+            completed: false,
+            cancelled: false,
+            action: action.clone(),
+            headers: headers.clone(),
+        }));
+        attempts.push(record.clone());
+        calls.in_order.push(record.clone());
+        drop(calls);
+        self.shared.arrivals.notify_waiters();
+        (record, attempt, action)
+    }
+}
+
+impl tonic::server::NamedService for EchoService {
+    const NAME: &'static str = "retry.test.v1.Echo";
+}
+
+impl tower_service::Service<Request<Body>> for EchoService {
+    type Response = Response<Body>;
+    type Error = ResetStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ResetStream>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        Box::pin(handle(self.clone(), req))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Unary,
+    ClientStream,
+    ServerStream,
+    Bidi,
+}
+
+impl Method {
+    fn from_path(path: &str) -> Option<Method> {
+        match path.strip_prefix("/retry.test.v1.Echo/")? {
+            "Unary" => Some(Method::Unary),
+            "ClientStream" => Some(Method::ClientStream),
+            "ServerStream" => Some(Method::ServerStream),
+            "Bidi" => Some(Method::Bidi),
+            _ => None,
+        }
+    }
+}
+
+/// Marks the record cancelled when dropped before [`AttemptGuard::complete`].
+struct AttemptGuard {
+    record: Record,
+    done: bool,
+}
+
+impl AttemptGuard {
+    fn update(&self, f: impl FnOnce(&mut AttemptRecord)) {
+        f(&mut lock(&self.record));
+    }
+
+    fn add_message(&self, len: usize) {
+        self.update(|r| {
+            r.request_bytes = r
+                .request_bytes
+                .saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
+            r.request_messages = r.request_messages.saturating_add(1);
+        });
+    }
+
+    fn complete(mut self) {
+        self.done = true;
+        self.update(|r| r.completed = true);
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.update(|r| r.cancelled = true);
+        }
+    }
+}
+
+async fn handle(service: EchoService, req: Request<Body>) -> Result<Response<Body>, ResetStream> {
+    let (parts, mut body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let call_id = parts
+        .headers
+        .get(CALL_ID_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let script = match parts.headers.get(FAULT_HEADER) {
+        Some(v) => parse_script(v.as_bytes()),
+        None => Ok(Vec::new()),
+    };
+    let (record, attempt, action) =
+        service.register(call_id, path.clone(), &parts.headers, &script);
+    let guard = AttemptGuard {
+        record,
+        done: false,
+    };
+
+    let action = match script {
+        Ok(_) => action.unwrap_or_default(),
+        Err(message) => {
+            guard.complete();
+            return Ok(trailers_only(&Status::invalid_argument(message)));
+        }
+    };
+    let Some(method) = Method::from_path(&path) else {
+        guard.complete();
+        return Ok(trailers_only(&Status::unimplemented(format!(
+            "test server has no method {path}"
+        ))));
+    };
+
+    if method == Method::Bidi {
+        sleep_ms(action.delay_ms).await;
+        if !action.is_echo() {
+            return respond_fault(&action, guard);
+        }
+        let body = BidiBody {
+            request: body,
+            decoder: FrameDecoder::default(),
+            attempt,
+            state: BidiState::Reading,
+            trailers: Some(status_block(&action)),
+            body_delay: Duration::from_millis(action.body_delay_ms),
+            sleep: None,
+            guard: Some(guard),
+        };
+        return Ok(with_headers(Body::new(body)));
+    }
+
+    let mut messages = Vec::new();
+    if !action.early {
+        match read_messages(&mut body, &guard).await {
+            Ok(m) => messages = m,
+            Err(status) => {
+                guard.complete();
+                return Ok(trailers_only(&status));
+            }
+        }
+    }
+    sleep_ms(action.delay_ms).await;
+    if !action.is_echo() {
+        return respond_fault(&action, guard);
+    }
+
+    let mut response = EchoResponse {
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        ..EchoResponse::default()
+    };
+    for msg in &messages {
+        let request = match EchoRequest::decode(msg.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                guard.complete();
+                return Ok(trailers_only(&Status::internal(format!(
+                    "test server could not decode EchoRequest: {e}"
+                ))));
+            }
+        };
+        response.payload.extend_from_slice(&request.payload);
+        response.text.push_str(&request.text);
+        response.request_bytes = response
+            .request_bytes
+            .saturating_add(u64::try_from(msg.len()).unwrap_or(u64::MAX));
+        response.request_messages = response.request_messages.saturating_add(1);
+    }
+    let frame = encode_frame(&response);
+    let pause = Step::Sleep(Duration::from_millis(action.body_delay_ms));
+    let mut steps = VecDeque::new();
+    if method == Method::ServerStream {
+        steps.push_back(Step::Data(frame.clone()));
+        steps.push_back(pause);
+        for _ in 1..SERVER_STREAM_RESPONSES {
+            steps.push_back(Step::Data(frame.clone()));
+        }
+    } else {
+        steps.push_back(pause);
+        steps.push_back(Step::Data(frame));
+    }
+    steps.push_back(Step::Trailers(status_block(&action)));
+    Ok(with_headers(Body::new(ScriptedBody::new(steps, guard))))
+}
+
+async fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Reads the whole request body, recording messages as they arrive.
+async fn read_messages(body: &mut Body, guard: &AttemptGuard) -> Result<Vec<Bytes>, Status> {
+    let mut decoder = FrameDecoder::default();
+    let mut messages = Vec::new();
+    loop {
+        match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    decoder.push(&data);
+                    while let Some(msg) = decoder.next_message().map_err(FrameError::into_status)? {
+                        guard.add_message(msg.len());
+                        messages.push(msg);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Status::cancelled(format!("request body failed: {e}")));
+            }
+            None => break,
+        }
+    }
+    if decoder.has_partial() {
+        return Err(Status::internal("request ended inside a gRPC frame"));
+    }
+    Ok(messages)
+}
+
+/// Responds to a non-echo action (error status, bare HTTP status or reset).
+fn respond_fault(action: &FaultAction, guard: AttemptGuard) -> Result<Response<Body>, ResetStream> {
+    if action.reset {
+        if action.headers_first {
+            let steps = VecDeque::from([
+                Step::Sleep(Duration::from_millis(action.body_delay_ms)),
+                Step::Reset(reset_reason(action)),
+            ]);
+            return Ok(with_headers(Body::new(ScriptedBody::new(steps, guard))));
+        }
+        guard.complete();
+        return Err(ResetStream::new(reset_reason(action)));
+    }
+    if let Some(code) = action.http_status {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() =
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        append_extra(headers, action);
+        guard.complete();
+        return Ok(response);
+    }
+    let block = status_block(action);
+    if action.headers_first {
+        let steps = VecDeque::from([
+            Step::Sleep(Duration::from_millis(action.body_delay_ms)),
+            Step::Trailers(block),
+        ]);
+        return Ok(with_headers(Body::new(ScriptedBody::new(steps, guard))));
+    }
+    let mut response = Response::new(Body::empty());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    for (name, value) in &block {
+        response.headers_mut().append(name, value.clone());
+    }
+    guard.complete();
+    Ok(response)
+}
+
+/// HTTP/2 `INTERNAL_ERROR`.
+const INTERNAL_ERROR: u32 = 2;
+
+fn reset_reason(action: &FaultAction) -> u32 {
+    action.reset_reason.unwrap_or(INTERNAL_ERROR)
+}
+
+/// A Trailers-Only response carrying `status`.
+fn trailers_only(status: &Status) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    if status.add_header(response.headers_mut()).is_err() {
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from(status.code() as i32));
+    }
+    response
+}
+
+/// HTTP 200 `application/grpc` headers with `body` to follow.
+fn with_headers(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    response
+}
+
+/// The status headers of `action`: `grpc-status`, `grpc-message`,
+/// `grpc-status-details-bin`, then `grpc_status_raw`, `pushback` and
+/// `raw_headers` applied in that order.
+fn status_block(action: &FaultAction) -> HeaderMap {
+    let status = match action.retry_info_ms {
+        Some(ms) => Status::with_error_details(
+            action.code,
+            action.message.clone(),
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(ms))),
+        ),
+        None => Status::new(action.code, action.message.clone()),
+    };
+    let mut headers = HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers.insert("grpc-status", HeaderValue::from(action.code as i32));
+    }
+    if let Some(raw) = &action.grpc_status_raw
+        && let Ok(value) = HeaderValue::from_str(raw)
+    {
+        headers.insert("grpc-status", value);
+    }
+    append_extra(&mut headers, action);
+    headers
+}
+
+/// Appends `pushback` and `raw_headers`, skipping invalid ones.
+fn append_extra(headers: &mut HeaderMap, action: &FaultAction) {
+    if let Some(pushback) = &action.pushback
+        && let Ok(value) = HeaderValue::from_str(pushback)
+    {
+        headers.append(PUSHBACK_HEADER, value);
+    }
+    for (name, value) in &action.raw_headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    Sleep(Duration),
+    Trailers(HeaderMap),
+    Reset(u32),
+}
+
+/// A response body that plays a fixed list of steps.
+struct ScriptedBody {
+    steps: VecDeque<Step>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    guard: Option<AttemptGuard>,
+}
+
+impl ScriptedBody {
+    fn new(steps: VecDeque<Step>, guard: AttemptGuard) -> Self {
+        Self {
+            steps,
+            sleep: None,
+            guard: Some(guard),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.steps.clear();
+        if let Some(guard) = self.guard.take() {
+            guard.complete();
+        }
+    }
+}
+
+impl http_body::Body for ScriptedBody {
+    type Data = Bytes;
+    type Error = ResetStream;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResetStream>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = &mut this.sleep {
+                ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+            }
+            match this.steps.pop_front() {
+                None => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Some(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Step::Sleep(d)) => {
+                    if !d.is_zero() {
+                        this.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                    }
+                }
+                Some(Step::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Some(Step::Reset(reason)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Err(ResetStream::new(reason))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none()
+    }
+}
+
+enum BidiState {
+    Reading,
+    Pausing,
+    Trailers,
+    Done,
+}
+
+/// Bidi echo: one response per request message, as each arrives.
+struct BidiBody {
+    request: Body,
+    decoder: FrameDecoder,
+    attempt: usize,
+    state: BidiState,
+    trailers: Option<HeaderMap>,
+    body_delay: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    guard: Option<AttemptGuard>,
+}
+
+impl BidiBody {
+    fn fail(&mut self, status: &Status) {
+        let mut headers = HeaderMap::new();
+        if status.add_header(&mut headers).is_err() {
+            headers.insert("grpc-status", HeaderValue::from(status.code() as i32));
+        }
+        self.trailers = Some(headers);
+        self.state = BidiState::Trailers;
+    }
+
+    /// The response to one request message, or `None` after `fail`.
+    fn answer(&mut self, msg: &Bytes) -> Option<Bytes> {
+        self.guard.as_ref()?.add_message(msg.len());
+        let request = match EchoRequest::decode(msg.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(&Status::internal(format!(
+                    "test server could not decode EchoRequest: {e}"
+                )));
+                return None;
+            }
+        };
+        let (request_bytes, request_messages) = {
+            let record = lock(&self.guard.as_ref()?.record);
+            (record.request_bytes, record.request_messages)
+        };
+        Some(encode_frame(&EchoResponse {
+            payload: request.payload,
+            text: request.text,
+            attempt: u32::try_from(self.attempt).unwrap_or(u32::MAX),
+            request_bytes,
+            request_messages,
+        }))
+    }
+}
+
+impl http_body::Body for BidiBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            match this.state {
+                BidiState::Reading => {
+                    match this.decoder.next_message() {
+                        Ok(Some(msg)) => {
+                            if let Some(frame) = this.answer(&msg) {
+                                return Poll::Ready(Some(Ok(Frame::data(frame))));
+                            }
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            this.fail(&e.into_status());
+                            continue;
+                        }
+                    }
+                    match ready!(Pin::new(&mut this.request).poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                this.decoder.push(&data);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            // The client went away; nobody will read trailers.
+                            this.fail(&Status::cancelled(format!("request body failed: {e}")));
+                        }
+                        None if this.decoder.has_partial() => {
+                            this.fail(&Status::internal("request ended inside a gRPC frame"));
+                        }
+                        None => this.state = BidiState::Pausing,
+                    }
+                }
+                BidiState::Pausing => {
+                    if this.body_delay.is_zero() {
+                        this.state = BidiState::Trailers;
+                        continue;
+                    }
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.body_delay)));
+                    ready!(sleep.as_mut().poll(cx));
+                    this.sleep = None;
+                    this.state = BidiState::Trailers;
+                }
+                BidiState::Trailers => {
+                    this.state = BidiState::Done;
+                    if let Some(guard) = this.guard.take() {
+                        guard.complete();
+                    }
+                    let trailers = this.trailers.take().unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                BidiState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BidiState::Done)
+    }
+}
