@@ -1,1 +1,489 @@
-fn main() {}
+//! Per-call cost of the retry layer on the happy path, in isolation.
+//!
+//! ```text
+//! cargo bench --bench overhead            # full run
+//! BENCH_QUICK=1 cargo bench --bench overhead
+//! ```
+//!
+//! The inner service is a ready in-memory tower service that drains the
+//! request body (as a transport would) and answers at once with a
+//! Trailers-Only OK (`grpc-status: 0`, empty body). Four variants wrap it:
+//!
+//! * `raw`: the inner service alone, the baseline;
+//! * `tonic-retry`: `RetryLayer::new(RetryPolicy::default())`;
+//! * `tower-retry-naive`: `tower::retry::Retry` with the approach users write
+//!   today: the body is collected into `Bytes` first (an async step in front
+//!   of the retry, boxed), so that the policy's `clone_request` can clone the
+//!   `http::Request<Bytes>`, and each attempt turns it back into a
+//!   `tonic::body::Body`;
+//! * `tower-resilience`: `tower_resilience::retry::RetryLayer` built as its
+//!   docs show (`builder().max_attempts().exponential_backoff()
+//!   .retry_on_response()`), over the same collect-then-clone adapter, since
+//!   it too needs `Req: Clone`.
+//!
+//! Every call builds the same request (`/pkg.Svc/Method`, `te: trailers`,
+//! `content-type: application/grpc`, a small `Full` body), readies the
+//! service, calls it and polls the future once with `Waker::noop()` inside a
+//! tokio runtime context; the happy path must complete on that first poll
+//! (asserted). Timing and allocation counting are separate passes.
+//!
+//! Variants run interleaved: every round times each variant once (rotating
+//! which goes first), and the added cost of a variant is the median over
+//! rounds of (variant − raw) within the round, so drift in machine load
+//! cancels out. Criterion cannot interleave variants or count allocations,
+//! hence this custom harness (`harness = false`).
+//!
+//! Prints `RESULT` lines and writes the chart `benches/overhead.svg` (full
+//! mode) or `$CARGO_TARGET_TMPDIR/overhead-quick.svg` (quick mode).
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, TE};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+#[global_allocator]
+static ALLOC: common::CountingAlloc = common::CountingAlloc;
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// A small gRPC message: the 5-byte frame prefix and 11 bytes of payload.
+const BODY: &[u8] = b"\0\0\0\0\x0b\x0a\x09hello rpc";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn build_request() -> http::Request<Body> {
+    let mut request = http::Request::new(Body::new(Full::new(Bytes::from_static(BODY))));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static("/pkg.Svc/Method");
+    let headers = request.headers_mut();
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    request
+}
+
+/// The ready in-memory inner service.
+#[derive(Clone, Copy, Debug)]
+struct Inner;
+
+impl Service<http::Request<Body>> for Inner {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // Read the request body to its end, as a transport sends it.
+        let mut body = request.into_body();
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => drop(black_box(frame)),
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(e))) => panic!("request body failed: {e}"),
+                Poll::Pending => panic!("request body was not ready"),
+            }
+        }
+        let mut response = http::Response::new(Body::empty());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        std::future::ready(Ok(response))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The naive adapters: collect the body into Bytes so the request is Clone.
+
+/// Collects the request body into `Bytes` and passes an
+/// `http::Request<Bytes>` on: the step users put in front of a retry
+/// middleware that needs `Req: Clone`.
+#[derive(Clone, Debug)]
+struct CollectBody<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for CollectBody<S>
+where
+    S: Service<http::Request<Bytes>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<http::Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            inner
+                .call(http::Request::from_parts(parts, bytes))
+                .await
+                .map_err(Into::into)
+        })
+    }
+}
+
+/// Each attempt: the buffered request back into a `tonic::body::Body`.
+fn to_body(request: http::Request<Bytes>) -> http::Request<Body> {
+    request.map(|bytes| Body::new(Full::new(bytes)))
+}
+
+type ToBody<S> = tower::util::MapRequest<S, fn(http::Request<Bytes>) -> http::Request<Body>>;
+
+fn to_body_layer<S>(inner: S) -> ToBody<S> {
+    tower::util::MapRequest::new(inner, to_body as fn(_) -> _)
+}
+
+/// The `tower::retry::Policy` users write: clone the buffered request,
+/// retry UNAVAILABLE (from the Trailers-Only `grpc-status`) or a transport
+/// error, with exponential backoff.
+#[derive(Clone, Debug)]
+struct NaivePolicy {
+    retries_left: u32,
+    backoff: Duration,
+}
+
+impl<E> tower::retry::Policy<http::Request<Bytes>, http::Response<Body>, E> for NaivePolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut http::Request<Bytes>,
+        result: &mut Result<http::Response<Body>, E>,
+    ) -> Option<Self::Future> {
+        let retryable = match result {
+            Ok(response) => response
+                .headers()
+                .get(GRPC_STATUS)
+                .is_some_and(|status| status.as_bytes() == b"14"),
+            Err(_) => true,
+        };
+        if !retryable || self.retries_left == 0 {
+            return None;
+        }
+        self.retries_left -= 1;
+        let delay = self.backoff;
+        self.backoff *= 2;
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, request: &http::Request<Bytes>) -> Option<http::Request<Bytes>> {
+        Some(request.clone())
+    }
+}
+
+fn is_unavailable(response: &http::Response<Body>) -> bool {
+    response
+        .headers()
+        .get(GRPC_STATUS)
+        .is_some_and(|status| status.as_bytes() == b"14")
+}
+
+// ---------------------------------------------------------------------------
+// The harness.
+
+/// One variant under test, type-erased so the rounds can loop over them.
+trait Variant {
+    fn name(&self) -> &'static str;
+    /// Runs `calls` calls; returns the elapsed time.
+    fn run(&mut self, calls: u64) -> Duration;
+}
+
+struct Bench<S> {
+    name: &'static str,
+    service: S,
+}
+
+impl<S> Variant for Bench<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&mut self, calls: u64) -> Duration {
+        let mut cx = Context::from_waker(Waker::noop());
+        let start = Instant::now();
+        for _ in 0..calls {
+            let request = build_request();
+            match self.service.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => {}
+                other => panic!("{}: not ready: {other:?}", self.name),
+            }
+            let future = pin!(self.service.call(request));
+            match future.poll(&mut cx) {
+                Poll::Ready(Ok(response)) => drop(black_box(response)),
+                Poll::Ready(Err(e)) => panic!("{}: call failed: {e:?}", self.name),
+                Poll::Pending => panic!(
+                    "{}: the happy path did not complete on first poll",
+                    self.name
+                ),
+            }
+        }
+        start.elapsed()
+    }
+}
+
+fn variants() -> Vec<Box<dyn Variant>> {
+    let tonic_retry =
+        tonic_retry::RetryLayer::new(tonic_retry::RetryPolicy::default()).layer(Inner);
+
+    let tower_naive = CollectBody {
+        inner: tower::retry::Retry::new(
+            NaivePolicy {
+                retries_left: 4,
+                backoff: Duration::from_millis(100),
+            },
+            to_body_layer(Inner),
+        ),
+    };
+
+    let resilience = tower_resilience::retry::RetryLayer::<
+        http::Request<Bytes>,
+        http::Response<Body>,
+        Infallible,
+    >::builder()
+    .max_attempts(5)
+    .exponential_backoff(Duration::from_millis(100))
+    .retry_on_response(is_unavailable)
+    .build();
+    let tower_resilience = CollectBody {
+        inner: resilience.layer(to_body_layer(Inner)),
+    };
+
+    vec![
+        Box::new(Bench {
+            name: "raw",
+            service: Inner,
+        }),
+        Box::new(Bench {
+            name: "tonic-retry",
+            service: tonic_retry,
+        }),
+        Box::new(Bench {
+            name: "tower-retry-naive",
+            service: tower_naive,
+        }),
+        Box::new(Bench {
+            name: "tower-resilience",
+            service: tower_resilience,
+        }),
+    ]
+}
+
+struct Figures {
+    name: &'static str,
+    /// Median ns per call over rounds.
+    ns: f64,
+    /// Median over rounds of (this − raw) ns per call.
+    added_ns: f64,
+    /// Lowest and highest (this − raw) over rounds.
+    added_range: (f64, f64),
+    allocs: f64,
+    alloc_bytes: f64,
+}
+
+fn main() {
+    let quick = common::quick();
+    let (rounds, calls, warmup, alloc_calls) = if quick {
+        (11, 20_000, 20_000, 10_000)
+    } else {
+        (31, 200_000, 200_000, 100_000)
+    };
+    println!(
+        "overhead: {} mode, {rounds} rounds x {calls} calls per variant; {}",
+        if quick { "quick" } else { "full" },
+        common::describe_machine()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _guard = rt.enter();
+
+    let mut variants = variants();
+    let n = variants.len();
+    for v in &mut variants {
+        v.run(warmup);
+    }
+
+    // Timing: interleaved rounds, rotating the order.
+    let mut ns = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let elapsed = variants[i].run(calls);
+            ns[i].push(elapsed.as_nanos() as f64 / calls as f64);
+        }
+    }
+
+    // Allocations: a separate pass with the counting allocator on.
+    let mut allocs = Vec::with_capacity(n);
+    for v in &mut variants {
+        common::count_all_threads();
+        let before = common::snapshot();
+        v.run(alloc_calls);
+        let used = common::snapshot() - before;
+        common::stop_counting();
+        allocs.push((
+            used.allocs as f64 / alloc_calls as f64,
+            used.bytes as f64 / alloc_calls as f64,
+        ));
+    }
+
+    let figures: Vec<Figures> = (0..n)
+        .map(|i| {
+            let mut added: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(v, r)| v - r).collect();
+            let lo = added.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = added.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Figures {
+                name: variants[i].name(),
+                ns: common::median(&mut ns[i].clone()),
+                added_ns: common::median(&mut added),
+                added_range: (lo, hi),
+                allocs: allocs[i].0 - allocs[0].0,
+                alloc_bytes: allocs[i].1 - allocs[0].1,
+            }
+        })
+        .collect();
+
+    println!();
+    println!(
+        "{:<20} {:>12} {:>14} {:>22} {:>14} {:>14}",
+        "variant",
+        "ns/call",
+        "added ns/call",
+        "added range (rounds)",
+        "added allocs",
+        "added bytes"
+    );
+    for f in &figures {
+        println!(
+            "{:<20} {:>12.1} {:>14.1} {:>10.1} .. {:<9.1} {:>14.2} {:>14.1}",
+            f.name, f.ns, f.added_ns, f.added_range.0, f.added_range.1, f.allocs, f.alloc_bytes
+        );
+    }
+    println!(
+        "raw itself: {:.2} allocations, {:.1} bytes per call (request, response, headers)",
+        allocs[0].0, allocs[0].1
+    );
+
+    let chart = if quick {
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("overhead-quick.svg")
+    } else {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/overhead.svg")
+    };
+    match draw_chart(&chart, &figures, quick) {
+        Ok(()) => println!("chart: {}", chart.display()),
+        Err(e) => eprintln!("could not write {}: {e}", chart.display()),
+    }
+
+    println!();
+    let [raw, retry, naive, resilience] = &figures[..] else {
+        unreachable!("four variants")
+    };
+    common::result("overhead_ns_per_call", retry.added_ns);
+    common::result("overhead_allocs_per_call", retry.allocs);
+    common::result("overhead_ns_tower_retry_naive", naive.added_ns);
+    common::result("overhead_ns_tower_resilience", resilience.added_ns);
+    common::result("overhead_allocs_tower_retry_naive", naive.allocs);
+    common::result("overhead_allocs_tower_resilience", resilience.allocs);
+    common::result("overhead_bytes_per_call", retry.alloc_bytes);
+    common::result("overhead_ns_raw", raw.ns);
+    common::result("overhead_ns_ratio_tonic_retry_vs_raw", retry.ns / raw.ns);
+    common::result(
+        "overhead_ns_ratio_tonic_retry_vs_tower_retry_naive",
+        retry.ns / naive.ns,
+    );
+    common::result(
+        "overhead_ns_ratio_tonic_retry_vs_tower_resilience",
+        retry.ns / resilience.ns,
+    );
+}
+
+/// A bar chart of ns per call for every variant (the raw service included).
+fn draw_chart(
+    path: &std::path::Path,
+    figures: &[Figures],
+    quick: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+
+    let top = figures.iter().map(|f| f.ns).fold(0.0, f64::max) * 1.25;
+    let root = SVGBackend::new(path, (820, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let caption = format!(
+        "Happy-path cost per call (ns, median of rounds{})",
+        if quick { ", QUICK mode" } else { "" }
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d((0u32..figures.len() as u32).into_segmented(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("ns per call")
+        .x_labels(figures.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => figures
+                .get(*i as usize)
+                .map_or_else(String::new, |f| f.name.to_owned()),
+            SegmentValue::Last => String::new(),
+        })
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    let colors = [
+        RGBColor(120, 120, 120),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+    ];
+    for (i, f) in figures.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart.draw_series(
+            Histogram::vertical(&chart)
+                .style(color.filled())
+                .margin(30)
+                .data([(i as u32, f.ns)]),
+        )?;
+        let label = if i == 0 {
+            format!("{:.0} ns", f.ns)
+        } else {
+            format!("{:.0} ns (+{:.0})", f.ns, f.added_ns)
+        };
+        chart.draw_series(std::iter::once(Text::new(
+            label,
+            (SegmentValue::CenterOf(i as u32), f.ns + top * 0.03),
+            ("sans-serif", 15).into_font().color(&BLACK),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}

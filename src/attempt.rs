@@ -2,20 +2,24 @@
 //!
 //! One call runs here from its first attempt to its final result:
 //!
-//! 1. The call's deadline is fixed once: the earliest of the request's
-//!    `grpc-timeout` and the policy's timeout.
+//! 1. Its policy is resolved once (a method a service config does not match
+//!    passes straight through), and its deadline fixed once: the earliest of
+//!    the request's `grpc-timeout`, the config's `timeout` and the policy's.
 //! 2. Each attempt gets a [`ReplayBody`](crate::replay::ReplayBody) and a
 //!    `grpc-timeout` rewritten to the time it may take, and is raced against
 //!    its deadline and the call's cancellation token.
 //! 3. The result is classified ([`crate::classify`]). A committed response
-//!    ends the call; a failure is retried only while the policy allows it,
-//!    attempts remain, the request is still replayable and the backoff ends
-//!    before the deadline.
+//!    ends the call. A failure is retried only if the policy calls it
+//!    retryable, the server does not push back with "stop", attempts remain,
+//!    the request is still replayable, throttling and the budget allow it,
+//!    and the backoff ends before the deadline. A stream the server refused
+//!    before its application saw it is retried once, transparently.
 //! 4. The final result is surfaced unchanged, with the number of previous
 //!    attempts added as `grpc-previous-rpc-attempts` metadata.
 
-use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Uri, Version, header::HeaderName};
@@ -29,9 +33,12 @@ use tracing::{Instrument, Span, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::backoff::Backoff;
-use crate::classify::{self, ResponseKind};
+use crate::classify::{self, ResponseKind, code_name};
 use crate::deadline;
-use crate::policy::RetryPolicy;
+use crate::layer::{CallPolicy, LayerState};
+use crate::metrics::CallMetrics;
+use crate::options::CallOptions;
+use crate::pushback::{self, Pushback};
 use crate::replay::Replay;
 
 /// `grpc-previous-rpc-attempts`: sent on attempt 2 and later, and added to
@@ -44,120 +51,325 @@ pub const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
 pub(crate) async fn run<S, ResBody>(
     mut inner: S,
     first_ready: Result<(), BoxError>,
-    policy: Arc<RetryPolicy>,
+    state: Arc<LayerState>,
     request: http::Request<Body>,
-    span: Span,
 ) -> Result<http::Response<ResBody>, BoxError>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    let started = Instant::now();
-    let (parts, body) = request.into_parts();
-    let deadline = call_deadline(&parts.headers, policy.timeout, started);
-    let cancel = parts.extensions.get::<CancellationToken>().cloned();
-    let replay = Replay::new(body, policy.replay_limit);
-    let template = RequestTemplate::new(&parts);
-    let mut first_parts = Some(parts);
-    let mut ready = first_ready.map(|()| true);
-    let mut backoff = Backoff::default();
-    let mut attempt: u32 = 0;
+    let Some(policy) = state.resolve(&request) else {
+        tracing::trace!(
+            method = request.uri().path(),
+            "no retry policy for this method: passing through"
+        );
+        return send(&mut inner, first_ready.map(|()| true), request).await;
+    };
+    let span = debug_span!(
+        "grpc.call",
+        method = request.uri().path(),
+        attempts = field::Empty,
+        outcome = field::Empty,
+    );
+    let call = Call::new(&state, policy, &request, span.clone());
+    call.run(inner, first_ready, request).instrument(span).await
+}
 
-    loop {
-        attempt += 1;
-        let now = Instant::now();
-        let attempt_deadline = earliest(deadline, policy.per_attempt_timeout.map(|t| now + t));
+/// What one call decides with: its policy and limits, resolved at its start.
+struct Call<'a> {
+    state: &'a LayerState,
+    policy: CallPolicy<'a>,
+    max_attempts: u32,
+    non_idempotent: bool,
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+    backoff: Backoff,
+    metrics: CallMetrics,
+    span: Span,
+}
 
-        let mut parts = first_parts.take().unwrap_or_else(|| template.parts());
-        if attempt > 1 {
-            parts
-                .headers
-                .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
-        }
-        if let Some(at) = attempt_deadline {
-            deadline::set_request_timeout(&mut parts.headers, at.saturating_duration_since(now));
-        }
-        let request = http::Request::from_parts(parts, Body::new(replay.body()));
-
-        let attempt_span = debug_span!(parent: &span, "grpc.attempt", attempt, code = field::Empty, backoff_ms = field::Empty);
-        let send = send(
-            &mut inner,
-            std::mem::replace(&mut ready, Ok(false)),
-            request,
-        )
-        .instrument(attempt_span.clone());
-        let result = tokio::select! {
-            biased;
-            () = cancelled(cancel.as_ref()) => {
-                return Err(surface_status(cancelled_status(), attempt, &span));
-            }
-            () = sleep_until(attempt_deadline) => Err(AttemptError::TimedOut),
-            result = send => result.map_err(AttemptError::Failed),
-        };
-
-        // Classify. `failure` is what the caller gets if this attempt is final.
-        let failure = match result {
-            Ok(response) => match classify::classify_response(&response) {
-                ResponseKind::Commit => {
-                    replay.commit();
-                    attempt_span.record("code", "committed");
-                    span.record("outcome", "committed");
-                    return Ok(surface_response(response, attempt, &span));
-                }
-                ResponseKind::Failed(code) => Failure::Response { code, response },
-            },
-            Err(AttemptError::TimedOut) if attempt_deadline == deadline => {
-                return Err(surface_status(
-                    Status::deadline_exceeded(format!(
-                        "deadline exceeded during attempt {attempt} (call deadline {:?})",
-                        deadline.map(|d| d - started).unwrap_or_default()
-                    )),
-                    attempt,
-                    &span,
-                ));
-            }
-            Err(AttemptError::TimedOut) => Failure::Status(Status::deadline_exceeded(format!(
-                "per-attempt timeout of {:?} expired",
-                policy.per_attempt_timeout.unwrap_or_default()
-            ))),
-            Err(AttemptError::Failed(error)) => Failure::Status(classify::status_from_error(error)),
-        };
-        let code = failure.code();
-        attempt_span.record("code", classify::code_name(code));
-
-        let retry = attempt < policy.max_attempts
-            && policy.is_retryable(code, failure.headers())
-            && replay.is_replayable();
-        if !retry {
-            debug!(parent: &span, attempt, code = classify::code_name(code), "final status");
-            return failure.surface(attempt, &span);
-        }
-
-        let delay = backoff.next_delay(&policy);
-        attempt_span.record("backoff_ms", delay.as_secs_f64() * 1e3);
-        if let Some(deadline) = deadline
-            && Instant::now() + delay >= deadline
-        {
-            let last = failure.describe();
-            return Err(surface_status(
-                Status::deadline_exceeded(format!(
-                    "deadline would pass during the {delay:?} backoff after attempt {attempt}; last attempt: {last}"
-                )),
-                attempt,
-                &span,
-            ));
-        }
-        debug!(parent: &span, attempt, code = classify::code_name(code), delay_ms = delay.as_secs_f64() * 1e3, "retrying");
-        // Release the failed attempt (and its connection resources) before waiting.
-        drop(failure);
-        tokio::select! {
-            biased;
-            () = cancelled(cancel.as_ref()) => {
-                return Err(surface_status(cancelled_status(), attempt, &span));
-            }
-            () = tokio::time::sleep(delay) => {}
+impl<'a> Call<'a> {
+    fn new(
+        state: &'a LayerState,
+        policy: CallPolicy<'a>,
+        request: &http::Request<Body>,
+        span: Span,
+    ) -> Self {
+        let options = request
+            .extensions()
+            .get::<CallOptions>()
+            .copied()
+            .unwrap_or_default();
+        let max_attempts = options.max_attempts.map_or(policy.retry.max_attempts, |n| {
+            n.min(policy.retry.max_attempts_cap)
+        });
+        let deadline = call_deadline(
+            request.headers(),
+            earliest_duration(policy.retry.timeout, policy.config_timeout),
+        );
+        Call {
+            state,
+            policy,
+            max_attempts,
+            non_idempotent: options.non_idempotent,
+            deadline,
+            cancel: request.extensions().get::<CancellationToken>().cloned(),
+            backoff: Backoff::default(),
+            metrics: CallMetrics::new(request.uri().path()),
+            span,
         }
     }
+
+    async fn run<S, ResBody>(
+        mut self,
+        mut inner: S,
+        first_ready: Result<(), BoxError>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<ResBody>, BoxError>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
+        S::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let replay = Replay::with_cap(
+            body,
+            self.policy.retry.replay_limit,
+            self.state.buffer_cap.clone(),
+        );
+        if let Some(budget) = &self.state.budget {
+            budget.deposit();
+        }
+        let template = RequestTemplate::new(&parts);
+        let mut first_parts = Some(parts);
+        let mut ready = first_ready.map(|()| true);
+        let mut attempt: u32 = 0;
+        let mut transparent_retry_used = false;
+
+        loop {
+            attempt += 1;
+            let mut parts = first_parts.take().unwrap_or_else(|| template.parts());
+            if attempt > 1 {
+                parts
+                    .headers
+                    .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
+            }
+            let attempt_deadline = self.attempt_deadline(&mut parts.headers);
+            let request = http::Request::from_parts(parts, Body::new(replay.body()));
+
+            let attempt_span = debug_span!(
+                "grpc.attempt",
+                attempt,
+                code = field::Empty,
+                backoff_ms = field::Empty
+            );
+            let send = send(
+                &mut inner,
+                std::mem::replace(&mut ready, Ok(false)),
+                request,
+            )
+            .instrument(attempt_span.clone());
+            let result = tokio::select! {
+                biased;
+                () = cancelled(self.cancel.as_ref()) => {
+                    return Err(self.surface_status(cancelled_status(), attempt));
+                }
+                () = sleep_until(attempt_deadline) => Err(AttemptError::TimedOut),
+                result = send => result.map_err(AttemptError::Failed),
+            };
+
+            let failure = match result {
+                Ok(response) => match classify::classify_response(&response) {
+                    ResponseKind::Commit => {
+                        replay.commit();
+                        if let Some(throttle) = &self.state.throttle {
+                            throttle.record_success();
+                        }
+                        attempt_span.record("code", "committed");
+                        return Ok(self.surface_response(response, attempt));
+                    }
+                    ResponseKind::Failed(code) => Failure::Response { code, response },
+                },
+                Err(AttemptError::TimedOut) if attempt_deadline == self.deadline => {
+                    let status = Status::deadline_exceeded(format!(
+                        "call deadline exceeded during attempt {attempt}"
+                    ));
+                    return Err(self.surface_status(status, attempt));
+                }
+                Err(AttemptError::TimedOut) => Failure::Status {
+                    status: Status::deadline_exceeded(format!(
+                        "per-attempt timeout of {:?} expired",
+                        self.policy.retry.per_attempt_timeout.unwrap_or_default()
+                    )),
+                    never_sent: false,
+                },
+                Err(AttemptError::Failed(error)) => {
+                    if !transparent_retry_used
+                        && classify::refused_before_processing(&*error)
+                        && replay.is_replayable()
+                    {
+                        // A6: the server's application never saw this
+                        // stream. Retry once, at once, without counting an
+                        // attempt or taking a token.
+                        debug!(attempt, %error, "transparent retry of a refused stream");
+                        transparent_retry_used = true;
+                        self.metrics.transparent_retry();
+                        attempt -= 1;
+                        continue;
+                    }
+                    Failure::Status {
+                        never_sent: classify::never_sent(&*error),
+                        status: classify::status_from_error(error),
+                    }
+                }
+            };
+            let code = failure.code();
+            attempt_span.record("code", code_name(code));
+
+            let delay = match self.decide(&failure, attempt, &replay) {
+                Verdict::Final(reason) => {
+                    debug!(attempt, code = code_name(code), reason, "final status");
+                    return failure.surface(&self, attempt);
+                }
+                Verdict::RetryAfter(delay) => delay,
+            };
+            attempt_span.record("backoff_ms", delay.as_secs_f64() * 1e3);
+            if let Some(deadline) = self.deadline
+                && Instant::now() + delay >= deadline
+            {
+                let status = Status::deadline_exceeded(format!(
+                    "deadline would pass during the {delay:?} backoff after attempt {attempt}; last attempt: {}",
+                    failure.describe()
+                ));
+                return Err(self.surface_status(status, attempt));
+            }
+            debug!(
+                attempt,
+                code = code_name(code),
+                delay_ms = delay.as_secs_f64() * 1e3,
+                "retrying"
+            );
+            self.metrics.retry(delay);
+            // Release the failed attempt (and its stream) before waiting.
+            drop(failure);
+            tokio::select! {
+                biased;
+                () = cancelled(self.cancel.as_ref()) => {
+                    return Err(self.surface_status(cancelled_status(), attempt));
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Writes the attempt's `grpc-timeout` and returns when it must end.
+    /// The clock is read only when the call has a deadline or per-attempt
+    /// timeout.
+    fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
+        let per_attempt = self.policy.retry.per_attempt_timeout;
+        if self.deadline.is_none() && per_attempt.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        let at = earliest(self.deadline, per_attempt.and_then(|t| now.checked_add(t)))?;
+        deadline::set_request_timeout(headers, at.saturating_duration_since(now));
+        Some(at)
+    }
+
+    /// Whether (and after how long) to retry a failed attempt.
+    ///
+    /// The order matters: A6 charges a throttling token for every retryable
+    /// failure (and every "stop" pushback) whether or not a retry follows,
+    /// and the budget is only drawn on when everything else allows a retry.
+    fn decide<ResBody, B>(
+        &mut self,
+        failure: &Failure<ResBody>,
+        attempt: u32,
+        replay: &Replay<B>,
+    ) -> Verdict {
+        let code = failure.code();
+        let headers = failure.headers();
+        let retryable = self.policy.retry.is_retryable(code, headers);
+        let pushback = failure.pushback();
+        let throttled = match &self.state.throttle {
+            Some(throttle) if retryable || pushback == Pushback::Stop => !throttle.record_failure(),
+            _ => false,
+        };
+        if !retryable {
+            return Verdict::Final("status is not retryable");
+        }
+        if pushback == Pushback::Stop {
+            return Verdict::Final("server pushback says do not retry");
+        }
+        if attempt >= self.max_attempts {
+            return Verdict::Final("attempts exhausted");
+        }
+        if self.non_idempotent && !failure.never_sent() {
+            return Verdict::Final("non-idempotent call may have reached the server");
+        }
+        if !replay.is_replayable() {
+            return Verdict::Final("request is not replayable (over a buffer limit)");
+        }
+        if throttled {
+            self.metrics.throttled();
+            debug!(attempt, "retry throttled: token bucket at or below half");
+            return Verdict::Final("retry throttled");
+        }
+        if let Some(budget) = &self.state.budget
+            && !budget.try_withdraw()
+        {
+            self.metrics.budget_exhausted();
+            debug!(attempt, "retry budget exhausted");
+            return Verdict::Final("retry budget exhausted");
+        }
+        let server_delay = match pushback {
+            Pushback::RetryAfter(delay) => Some(delay),
+            _ if self.policy.retry.use_retry_info => pushback::retry_info_delay(headers),
+            _ => None,
+        };
+        match server_delay {
+            Some(delay) => {
+                // A6: after a server-chosen delay the backoff starts again.
+                self.backoff.reset();
+                Verdict::RetryAfter(delay)
+            }
+            None => Verdict::RetryAfter(self.backoff.next_delay(self.policy.retry)),
+        }
+    }
+
+    fn surface_response<B>(
+        &self,
+        mut response: http::Response<B>,
+        attempt: u32,
+    ) -> http::Response<B> {
+        self.finish(attempt, "response");
+        if attempt > 1 {
+            response
+                .headers_mut()
+                .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
+        }
+        response
+    }
+
+    fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
+        self.finish(attempt, code_name(status.code()));
+        if attempt > 1 {
+            status
+                .metadata_mut()
+                .insert("grpc-previous-rpc-attempts", (attempt - 1).into());
+        }
+        Box::new(status)
+    }
+
+    fn finish(&self, attempt: u32, outcome: &'static str) {
+        self.span.record("attempts", attempt);
+        self.span.record("outcome", outcome);
+        self.metrics.finish(outcome);
+    }
+}
+
+enum Verdict {
+    RetryAfter(Duration),
+    Final(&'static str),
 }
 
 /// Readies the inner service if needed, then sends one attempt.
@@ -189,22 +401,41 @@ enum Failure<ResBody> {
         response: http::Response<ResBody>,
     },
     /// A transport error or timeout, as the Status tonic would surface.
-    Status(Status),
+    Status { status: Status, never_sent: bool },
 }
 
 impl<ResBody> Failure<ResBody> {
     fn code(&self) -> Code {
         match self {
             Failure::Response { code, .. } => *code,
-            Failure::Status(status) => status.code(),
+            Failure::Status { status, .. } => status.code(),
         }
     }
 
+    /// The trailers-only headers; empty for transport errors.
     fn headers(&self) -> &HeaderMap {
         match self {
             Failure::Response { response, .. } => response.headers(),
-            Failure::Status(_) => classify::no_headers(),
+            Failure::Status { .. } => classify::no_headers(),
         }
+    }
+
+    fn pushback(&self) -> Pushback {
+        match self {
+            Failure::Response { response, .. } => pushback::server_pushback(response.headers()),
+            Failure::Status { .. } => Pushback::Absent,
+        }
+    }
+
+    /// Whether the attempt certainly never reached the server.
+    fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Failure::Status {
+                never_sent: true,
+                ..
+            }
+        )
     }
 
     fn describe(&self) -> String {
@@ -214,61 +445,38 @@ impl<ResBody> Failure<ResBody> {
                 .get("grpc-message")
                 .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
                 .unwrap_or_default(),
-            Failure::Status(status) => status.message().to_owned(),
+            Failure::Status { status, .. } => status.message().to_owned(),
         };
-        format!("{}: {message}", classify::code_name(self.code()))
+        format!("{}: {message}", code_name(self.code()))
     }
 
-    fn surface(self, attempt: u32, span: &Span) -> Result<http::Response<ResBody>, BoxError> {
+    fn surface(self, call: &Call<'_>, attempt: u32) -> Result<http::Response<ResBody>, BoxError> {
         match self {
             Failure::Response { mut response, .. } => {
                 classify::strip_malformed_status_details(response.headers_mut());
-                Ok(surface_response(response, attempt, span))
+                Ok(call.surface_response(response, attempt))
             }
-            Failure::Status(status) => Err(surface_status(status, attempt, span)),
+            Failure::Status { status, .. } => Err(call.surface_status(status, attempt)),
         }
     }
-}
-
-fn surface_response<B>(
-    mut response: http::Response<B>,
-    attempt: u32,
-    span: &Span,
-) -> http::Response<B> {
-    span.record("attempts", attempt);
-    if attempt > 1 {
-        response
-            .headers_mut()
-            .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
-    }
-    response
-}
-
-fn surface_status(mut status: Status, attempt: u32, span: &Span) -> BoxError {
-    span.record("attempts", attempt);
-    span.record("outcome", classify::code_name(status.code()));
-    if attempt > 1 {
-        status
-            .metadata_mut()
-            .insert("grpc-previous-rpc-attempts", (attempt - 1).into());
-    }
-    Box::new(status)
 }
 
 fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
-/// The call's deadline: the earliest of the request's `grpc-timeout` and the
-/// policy's timeout, measured from the call's start.
-fn call_deadline(
-    headers: &HeaderMap,
-    policy_timeout: Option<Duration>,
-    start: Instant,
-) -> Option<Instant> {
-    let from_request = deadline::request_timeout(headers).and_then(|t| start.checked_add(t));
-    let from_policy = policy_timeout.and_then(|t| start.checked_add(t));
-    earliest(from_request, from_policy)
+/// The call's deadline: the earliest of the request's `grpc-timeout` and
+/// `timeout`, measured from now (the call's start).
+fn call_deadline(headers: &HeaderMap, timeout: Option<Duration>) -> Option<Instant> {
+    let limit = earliest_duration(deadline::request_timeout(headers), timeout)?;
+    Instant::now().checked_add(limit)
+}
+
+fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -117,6 +117,25 @@ pub(crate) fn status_from_error(error: BoxError) -> Status {
     status
 }
 
+/// Whether the attempt certainly never reached the server: the connection
+/// could not be established, so no request bytes were sent.
+pub(crate) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    error_chain(error).any(|e| e.is::<tonic::ConnectError>())
+}
+
+/// Whether the server refused the stream before its application saw it
+/// (A6's second transparent-retry case): HTTP/2 `REFUSED_STREAM`, or a
+/// graceful `GOAWAY` whose last stream id is below this stream's (h2 fails
+/// exactly those streams with the remote `GOAWAY` error).
+pub(crate) fn refused_before_processing(error: &(dyn std::error::Error + 'static)) -> bool {
+    error_chain(error)
+        .filter_map(|e| e.downcast_ref::<h2::Error>())
+        .any(|h2| {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        })
+}
+
 fn error_chain<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
@@ -244,6 +263,31 @@ mod tests {
             strip_malformed_status_details(&mut headers);
             assert!(headers.get(GRPC_STATUS_DETAILS).is_none(), "{garbage}");
         }
+    }
+
+    #[test]
+    fn refused_streams_are_recognised_through_the_error_chain() {
+        #[derive(Debug)]
+        struct Wrapper(h2::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = Wrapper(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert!(refused_before_processing(&refused));
+        let internal = Wrapper(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert!(!refused_before_processing(&internal));
+        let io = std::io::Error::other("x");
+        assert!(!refused_before_processing(&io));
+        let connect = tonic::ConnectError(Box::new(io));
+        assert!(never_sent(&connect));
+        assert!(!never_sent(&refused));
     }
 
     #[test]

@@ -1,13 +1,20 @@
-//! [`RetryLayer`]: applies a retry policy to a service.
+//! [`RetryLayer`]: the policy and the channel-wide state that every call
+//! through one layer shares.
 
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::budget::RetryBudget;
+use crate::buffer_cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
+use crate::config::ServiceConfig;
 use crate::policy::RetryPolicy;
 use crate::service::Retry;
+use crate::throttle::RetryThrottle;
 
-/// A tower [`Layer`] that retries gRPC calls according to a [`RetryPolicy`].
+/// A tower [`Layer`] that retries gRPC calls.
 ///
 /// Put it directly above the `Channel` and below tonic's generated client:
 ///
@@ -16,34 +23,149 @@ use crate::service::Retry;
 /// use tonic_retry::{RetryLayer, RetryPolicy};
 /// use tower::ServiceBuilder;
 ///
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// let channel = Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
 /// let svc = ServiceBuilder::new()
 ///     .layer(RetryLayer::new(RetryPolicy::default()))
 ///     .service(channel);
 /// // let mut client = GreeterClient::new(svc);
 /// # let _ = svc;
-/// # Ok(())
-/// # }
 /// ```
 ///
-/// Clones share the policy, so one layer serves any number of services.
-#[derive(Debug, Clone)]
+/// All services made by one layer (and all their clones) share its state:
+/// the throttling bucket, the retry budget and the replay buffer cap are per
+/// layer, which is per channel when the layer wraps one channel, as A6
+/// specifies.
+#[derive(Clone)]
 pub struct RetryLayer {
-    policy: Arc<RetryPolicy>,
+    state: Arc<LayerState>,
+}
+
+/// Where a call's policy comes from.
+pub(crate) enum Policies {
+    /// One policy for every call.
+    Fixed(RetryPolicy),
+    /// Per-method policies from a gRPC service config.
+    Config(ServiceConfig),
+}
+
+/// The policy and the channel-wide state shared by every call of a layer.
+pub(crate) struct LayerState {
+    pub(crate) policies: Policies,
+    /// Used for methods whose config sets only a timeout.
+    pub(crate) no_retries: RetryPolicy,
+    pub(crate) throttle: Option<RetryThrottle>,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) buffer_cap: Arc<ChannelBufferCap>,
+}
+
+/// What applies to one call, resolved once when it starts.
+pub(crate) struct CallPolicy<'a> {
+    pub(crate) retry: &'a RetryPolicy,
+    /// The method config's `timeout`; joins the call's deadline.
+    pub(crate) config_timeout: Option<Duration>,
+}
+
+impl LayerState {
+    /// The policy for a call to `/service/method`, or `None` when a service
+    /// config has no entry for it (the call then passes straight through).
+    pub(crate) fn resolve<B>(&self, request: &http::Request<B>) -> Option<CallPolicy<'_>> {
+        match &self.policies {
+            Policies::Fixed(policy) => Some(CallPolicy {
+                retry: policy,
+                config_timeout: None,
+            }),
+            Policies::Config(config) => {
+                let (service, method) = service_and_method(request);
+                let found = config.method_config(service, method)?;
+                Some(CallPolicy {
+                    retry: found.retry.as_ref().unwrap_or(&self.no_retries),
+                    config_timeout: found.timeout,
+                })
+            }
+        }
+    }
+}
+
+/// The gRPC service and method of a request: tonic's `GrpcMethod`
+/// extension when present, else the `/service/method` URI path. Borrowed,
+/// never allocated.
+fn service_and_method<B>(request: &http::Request<B>) -> (&str, &str) {
+    if let Some(m) = request.extensions().get::<tonic::GrpcMethod<'static>>() {
+        return (m.service(), m.method());
+    }
+    let path = request.uri().path().trim_start_matches('/');
+    path.split_once('/').unwrap_or((path, ""))
 }
 
 impl RetryLayer {
-    /// A layer applying `policy` to every call.
+    /// A layer applying `policy` to every call, with no throttling or budget
+    /// and the default 16 MiB replay buffer cap.
     pub fn new(policy: RetryPolicy) -> Self {
-        RetryLayer {
-            policy: Arc::new(policy),
+        Self::builder(policy).build()
+    }
+
+    /// A layer with per-method policies from a gRPC service config; its
+    /// `retryThrottling`, if any, enables throttling. Methods the config does
+    /// not match pass straight through.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, ServiceConfig};
+    ///
+    /// let config: ServiceConfig = r#"{"methodConfig": [{
+    ///     "name": [{"service": "helloworld.Greeter"}],
+    ///     "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+    ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}],
+    ///   "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#.parse()?;
+    /// let layer = RetryLayer::from_service_config(config);
+    /// assert!(layer.throttle().is_some());
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    pub fn from_service_config(config: ServiceConfig) -> Self {
+        RetryLayerBuilder::from_service_config(config).build()
+    }
+
+    /// A builder for a layer with throttling, a retry budget or a different
+    /// buffer cap.
+    pub fn builder(policy: RetryPolicy) -> RetryLayerBuilder {
+        RetryLayerBuilder::new(Policies::Fixed(policy))
+    }
+
+    /// The policy applied to every call, if the layer has a single one.
+    pub fn policy(&self) -> Option<&RetryPolicy> {
+        match &self.state.policies {
+            Policies::Fixed(policy) => Some(policy),
+            Policies::Config(_) => None,
         }
     }
 
-    /// The policy applied to every call.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
+    /// The A6 throttling bucket, if throttling is on.
+    pub fn throttle(&self) -> Option<&RetryThrottle> {
+        self.state.throttle.as_ref()
+    }
+
+    /// The retry budget, if one is set.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.state.budget.as_ref()
+    }
+
+    /// Bytes held for replay right now by all calls through this layer.
+    pub fn buffered_bytes(&self) -> usize {
+        self.state.buffer_cap.used()
+    }
+
+    /// The channel-wide replay buffer cap, in bytes.
+    pub fn buffer_limit(&self) -> usize {
+        self.state.buffer_cap.limit()
+    }
+}
+
+impl fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("policy", &self.policy())
+            .field("throttle", &self.state.throttle)
+            .field("buffer_cap", &self.state.buffer_cap)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,6 +173,137 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, self.policy.clone())
+        Retry::new(inner, self.state.clone())
+    }
+}
+
+/// Builds a [`RetryLayer`] with overload protection.
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic_retry::{RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
+///
+/// let layer = RetryLayer::builder(RetryPolicy::default())
+///     .throttle(RetryThrottle::new(10_000, 100)?)      // A6: maxTokens 10, tokenRatio 0.1
+///     .budget(RetryBudget::default())                   // at most 20 % retries
+///     .buffer_limit(8 << 20)                            // 8 MiB of replay buffers in all
+///     .build();
+/// # let _ = layer;
+/// # Ok::<(), tonic_retry::ThrottleError>(())
+/// ```
+pub struct RetryLayerBuilder {
+    policies: Policies,
+    throttle: Option<RetryThrottle>,
+    budget: Option<RetryBudget>,
+    buffer_limit: usize,
+}
+
+impl RetryLayerBuilder {
+    fn new(policies: Policies) -> Self {
+        RetryLayerBuilder {
+            policies,
+            throttle: None,
+            budget: None,
+            buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
+        }
+    }
+
+    /// Per-method policies from a gRPC service config, with throttling from
+    /// its `retryThrottling` if present.
+    pub fn from_service_config(config: ServiceConfig) -> Self {
+        let throttle = config.retry_throttling().map(|t| {
+            RetryThrottle::new(t.max_milli_tokens, t.token_ratio_milli)
+                .expect("the service config validated maxTokens and tokenRatio")
+        });
+        let mut builder = RetryLayerBuilder::new(Policies::Config(config));
+        builder.throttle = throttle;
+        builder
+    }
+
+    /// Enables A6 retry throttling with this bucket (replacing any from the
+    /// service config).
+    pub fn throttle(mut self, throttle: RetryThrottle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Limits retries (and hedges) to a share of recent requests.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The most bytes all in-flight calls may hold for replay together
+    /// (default 16 MiB). A call that finds the cap full is sent unbuffered
+    /// and is not retried.
+    pub fn buffer_limit(mut self, bytes: usize) -> Self {
+        self.buffer_limit = bytes;
+        self
+    }
+
+    /// The layer.
+    pub fn build(self) -> RetryLayer {
+        RetryLayer {
+            state: Arc::new(LayerState {
+                policies: self.policies,
+                no_retries: RetryPolicy::builder()
+                    .max_attempts(1)
+                    .build()
+                    .expect("one attempt is a valid policy"),
+                throttle: self.throttle,
+                budget: self.budget,
+                buffer_cap: Arc::new(ChannelBufferCap::new(self.buffer_limit)),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RetryLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("throttle", &self.throttle)
+            .field("buffer_limit", &self.buffer_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn service_and_method_come_from_the_extension_first() {
+        let mut r = request("/a.B/C");
+        assert_eq!(service_and_method(&r), ("a.B", "C"));
+        r.extensions_mut()
+            .insert(tonic::GrpcMethod::new("x.Y", "Z"));
+        assert_eq!(service_and_method(&r), ("x.Y", "Z"));
+        assert_eq!(service_and_method(&request("/")), ("", ""));
+        assert_eq!(service_and_method(&request("/only")), ("only", ""));
+    }
+
+    #[test]
+    fn config_resolution_passes_unmatched_methods_through() {
+        let config: ServiceConfig = r#"{"methodConfig": [
+            {"name": [{"service": "a.B", "method": "Retry"}],
+             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                             "backoffMultiplier": 2, "retryableStatusCodes": [14]}},
+            {"name": [{"service": "a.B", "method": "TimeoutOnly"}], "timeout": "2s"}]}"#
+            .parse()
+            .unwrap();
+        let layer = RetryLayer::from_service_config(config);
+        let state = &layer.state;
+        let p = state.resolve(&request("/a.B/Retry")).unwrap();
+        assert_eq!(p.retry.max_attempts(), 3);
+        assert_eq!(p.config_timeout, None);
+        let p = state.resolve(&request("/a.B/TimeoutOnly")).unwrap();
+        assert_eq!(p.retry.max_attempts(), 1);
+        assert_eq!(p.config_timeout, Some(Duration::from_secs(2)));
+        assert!(state.resolve(&request("/a.B/Other")).is_none());
+        assert!(layer.throttle().is_none());
     }
 }

@@ -44,23 +44,40 @@
 
 mod attempt;
 mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod buffer_cap;
 mod classify;
+pub mod config;
 pub mod deadline;
 mod future;
 pub mod layer;
+mod metrics;
+mod options;
 mod policy;
+pub mod pushback;
 pub mod replay;
 pub mod service;
+mod throttle;
 
 pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
+pub use breaker::{
+    BreakerConfig, BreakerConfigBuilder, BreakerError, BreakerFuture, BreakerState, CircuitBreaker,
+    CircuitBreakerLayer,
+};
+pub use budget::{BudgetError, RetryBudget};
+pub use buffer_cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
 pub use classify::code_name;
+pub use config::{ConfigError, HedgingPolicy, MethodConfig, RetryThrottling, ServiceConfig};
 pub use future::ResponseFuture;
-pub use layer::RetryLayer;
+pub use layer::{RetryLayer, RetryLayerBuilder};
+pub use options::CallOptions;
 pub use policy::{
     Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_REPLAY_LIMIT, DEFAULT_RETRYABLE_CODES,
     Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
 };
 pub use service::Retry;
+pub use throttle::{RetryThrottle, ThrottleError};
 
 /// The error type of [`Retry`]: whatever the inner service returned, or a
 /// boxed [`tonic::Status`] that the layer produced.

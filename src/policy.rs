@@ -202,6 +202,7 @@ impl std::error::Error for PolicyError {}
 #[derive(Clone)]
 pub struct RetryPolicy {
     pub(crate) max_attempts: u32,
+    pub(crate) max_attempts_cap: u32,
     pub(crate) initial_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) backoff_multiplier: f64,
@@ -211,6 +212,7 @@ pub struct RetryPolicy {
     pub(crate) per_attempt_timeout: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) replay_limit: usize,
+    pub(crate) use_retry_info: bool,
 }
 
 impl RetryPolicy {
@@ -265,6 +267,17 @@ impl RetryPolicy {
         self.replay_limit
     }
 
+    /// The ceiling on attempts, which per-call overrides cannot pass either.
+    pub fn max_attempts_cap(&self) -> u32 {
+        self.max_attempts_cap
+    }
+
+    /// Whether a `google.rpc.RetryInfo` delay in the status details is
+    /// honoured when the server sends no pushback.
+    pub fn use_retry_info(&self) -> bool {
+        self.use_retry_info
+    }
+
     /// Whether a failed attempt with `code` (and, for trailers-only
     /// responses, these `headers`) may be retried.
     pub(crate) fn is_retryable(&self, code: Code, headers: &HeaderMap) -> bool {
@@ -296,6 +309,7 @@ impl fmt::Debug for RetryPolicy {
             .field("per_attempt_timeout", &self.per_attempt_timeout)
             .field("timeout", &self.timeout)
             .field("replay_limit", &self.replay_limit)
+            .field("use_retry_info", &self.use_retry_info)
             .finish()
     }
 }
@@ -316,6 +330,7 @@ impl fmt::Debug for RetryPolicy {
 /// | `per_attempt_timeout` | none |
 /// | `timeout` | none (the request's `grpc-timeout`, if any, still applies) |
 /// | `replay_limit` | 256 KiB |
+/// | `use_retry_info` | true |
 #[derive(Clone)]
 pub struct RetryPolicyBuilder {
     max_attempts: u32,
@@ -329,6 +344,7 @@ pub struct RetryPolicyBuilder {
     per_attempt_timeout: Option<Duration>,
     timeout: Option<Duration>,
     replay_limit: usize,
+    use_retry_info: bool,
 }
 
 impl Default for RetryPolicyBuilder {
@@ -345,6 +361,7 @@ impl Default for RetryPolicyBuilder {
             per_attempt_timeout: None,
             timeout: None,
             replay_limit: DEFAULT_REPLAY_LIMIT,
+            use_retry_info: true,
         }
     }
 }
@@ -443,6 +460,15 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// Whether to honour a `google.rpc.RetryInfo` delay (AIP-194) found in
+    /// a failed attempt's `grpc-status-details-bin` when the server sent no
+    /// `grpc-retry-pushback-ms`. Like pushback, it sets the delay exactly
+    /// and restarts the backoff; it never makes a code retryable.
+    pub fn use_retry_info(mut self, enabled: bool) -> Self {
+        self.use_retry_info = enabled;
+        self
+    }
+
     /// Validates the settings and builds the policy.
     pub fn build(self) -> Result<RetryPolicy, PolicyError> {
         if self.max_attempts == 0 {
@@ -477,6 +503,7 @@ impl RetryPolicyBuilder {
         }
         Ok(RetryPolicy {
             max_attempts: self.max_attempts.min(self.max_attempts_cap),
+            max_attempts_cap: self.max_attempts_cap,
             initial_backoff: self.initial_backoff,
             max_backoff: self.max_backoff,
             backoff_multiplier: self.backoff_multiplier,
@@ -486,6 +513,7 @@ impl RetryPolicyBuilder {
             per_attempt_timeout: self.per_attempt_timeout,
             timeout: self.timeout,
             replay_limit: self.replay_limit,
+            use_retry_info: self.use_retry_info,
         })
     }
 }

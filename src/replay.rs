@@ -31,6 +31,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::BoxError;
+use crate::buffer_cap::ChannelBufferCap;
 
 /// The caller's request body, shared by the attempts of one call.
 ///
@@ -106,6 +107,8 @@ struct Shared<B> {
     source_failed: bool,
     /// Attempts waiting for the source to advance or be handed back.
     waiters: Vec<Waker>,
+    /// The layer-wide cap that `buffered_bytes` is reserved from, if any.
+    cap: Option<Arc<ChannelBufferCap>>,
 }
 
 impl<B> Shared<B> {
@@ -114,20 +117,32 @@ impl<B> Shared<B> {
         if self.recording != Recording::On {
             return;
         }
-        match self.buffered_bytes.checked_add(chunk.len()) {
-            Some(total) if total <= self.limit => {
-                self.buffered_bytes = total;
-                self.chunks.push(chunk.clone());
-            }
-            _ => self.stop_recording(Recording::Overflowed),
+        let within_limit = self
+            .buffered_bytes
+            .checked_add(chunk.len())
+            .is_some_and(|total| total <= self.limit);
+        let reserved = within_limit
+            && self
+                .cap
+                .as_ref()
+                .is_none_or(|cap| cap.try_reserve(chunk.len()));
+        if reserved {
+            self.buffered_bytes += chunk.len();
+            self.chunks.push(chunk.clone());
+        } else {
+            self.stop_recording(Recording::Overflowed);
         }
     }
 
     fn stop_recording(&mut self, why: Recording) {
         if self.recording == Recording::On {
             self.recording = why;
-            // Free the memory now: nothing will replay it.
+            // Free the memory (and the layer-wide reservation) now: nothing
+            // will replay it.
             self.chunks = Vec::new();
+            if let Some(cap) = &self.cap {
+                cap.release(self.buffered_bytes);
+            }
             self.buffered_bytes = 0;
         }
     }
@@ -151,9 +166,27 @@ fn lock<B>(shared: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl<B> Drop for Shared<B> {
+    fn drop(&mut self) {
+        // Return any reservation still held (e.g. a call dropped mid-flight).
+        self.stop_recording(Recording::Committed);
+    }
+}
+
 impl<B> Replay<B> {
     /// Wraps a request body, recording up to `limit` bytes for replay.
     pub fn new(body: B, limit: usize) -> Self {
+        Self::build(body, limit, None)
+    }
+
+    /// Like [`new`](Self::new), also reserving every recorded byte from the
+    /// layer-wide `cap`; when the cap is full, recording stops and the
+    /// request is no longer replayable.
+    pub fn with_cap(body: B, limit: usize, cap: Arc<ChannelBufferCap>) -> Self {
+        Self::build(body, limit, Some(cap))
+    }
+
+    fn build(body: B, limit: usize, cap: Option<Arc<ChannelBufferCap>>) -> Self {
         Replay {
             shared: Arc::new(Mutex::new(Shared {
                 source: Some(body),
@@ -166,6 +199,7 @@ impl<B> Replay<B> {
                 trailers: None,
                 source_failed: false,
                 waiters: Vec::new(),
+                cap,
             })),
         }
     }
@@ -196,6 +230,14 @@ impl<B> Replay<B> {
     /// The bytes currently held for replay.
     pub fn buffered_bytes(&self) -> usize {
         lock(&self.shared).buffered_bytes
+    }
+}
+
+impl<B> Drop for Replay<B> {
+    fn drop(&mut self) {
+        // The call is over: no attempt will be added, so release the buffer
+        // even if the last attempt's body is still held by the transport.
+        lock(&self.shared).stop_recording(Recording::Committed);
     }
 }
 
@@ -596,6 +638,31 @@ mod tests {
             err.downcast_ref::<ReplayError>(),
             Some(&ReplayError::SourceFailed)
         );
+    }
+
+    #[tokio::test]
+    async fn the_channel_cap_stops_recording_and_is_released_on_every_path() {
+        let cap = Arc::new(ChannelBufferCap::new(10));
+        let a = Replay::with_cap(Scripted::data(&["12345", "678"]), 1024, cap.clone());
+        drain(a.body()).await.unwrap();
+        assert_eq!(cap.used(), 8);
+        // A second call finds only 2 bytes left: it is sent, not replayable.
+        let b = Replay::with_cap(Scripted::data(&["1", "234"]), 1024, cap.clone());
+        let (sent, _) = drain(b.body()).await.unwrap();
+        assert_eq!(sent, vec!["1", "234"]);
+        assert!(!b.is_replayable());
+        assert_eq!(cap.used(), 8, "b released what it had reserved");
+        a.commit();
+        assert_eq!(cap.used(), 0);
+        // Dropping a call mid-read returns its reservation too.
+        let c = Replay::with_cap(Scripted::data(&["abc", "def"]), 1024, cap.clone());
+        let mut body = c.body();
+        assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(cap.used(), 3);
+        drop(c);
+        assert_eq!(cap.used(), 0, "the handle's drop releases");
+        drop(body);
+        assert_eq!(cap.used(), 0);
     }
 
     #[tokio::test]

@@ -5,12 +5,11 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tower_service::Service;
-use tracing::{debug_span, field};
 
 use crate::BoxError;
 use crate::attempt;
 use crate::future::ResponseFuture;
-use crate::policy::RetryPolicy;
+use crate::layer::LayerState;
 
 /// Retries the gRPC calls sent through it; built by
 /// [`RetryLayer`](crate::RetryLayer).
@@ -19,10 +18,9 @@ use crate::policy::RetryPolicy;
 /// generated client accepts it. Its error type is [`BoxError`]: errors that
 /// the layer produces itself (DEADLINE_EXCEEDED, CANCELLED) are boxed
 /// [`tonic::Status`] values, which the generated client surfaces unchanged.
-#[derive(Debug)]
 pub struct Retry<S> {
     inner: S,
-    policy: Arc<RetryPolicy>,
+    state: Arc<LayerState>,
     /// An error from the inner service's readiness check. It becomes the
     /// first attempt's failure, so the policy sees (and may retry) it instead
     /// of the stub reporting UNKNOWN "Service was not ready".
@@ -30,10 +28,10 @@ pub struct Retry<S> {
 }
 
 impl<S> Retry<S> {
-    pub(crate) fn new(inner: S, policy: Arc<RetryPolicy>) -> Self {
+    pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
         Retry {
             inner,
-            policy,
+            state,
             ready_error: None,
         }
     }
@@ -47,7 +45,15 @@ impl<S> Retry<S> {
 impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         // A readiness error belongs to the instance that observed it.
-        Retry::new(self.inner.clone(), self.policy.clone())
+        Retry::new(self.inner.clone(), self.state.clone())
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,18 +87,11 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let first_ready = self.ready_error.take().map_or(Ok(()), Err);
-        let span = debug_span!(
-            "grpc.call",
-            method = request.uri().path(),
-            attempts = field::Empty,
-            outcome = field::Empty,
-        );
         ResponseFuture::new(attempt::run(
             inner,
             first_ready,
-            self.policy.clone(),
+            self.state.clone(),
             request,
-            span,
         ))
     }
 }

@@ -171,28 +171,6 @@ async fn trailers_only_ok_on_server_streaming_is_a_success() {
 }
 
 #[tokio::test]
-async fn pushback_is_not_yet_honoured_but_never_forces_a_retry() {
-    // The overload-safety work adds pushback; until then the header neither
-    // delays a retry nor makes a non-retryable code retryable.
-    let server = TestServer::start().await.unwrap();
-    let mut client = client(&server, fast_policy().build().unwrap()).await;
-
-    let start = Instant::now();
-    let script = [unavailable().pushback("10000"), FaultAction::ok()];
-    client.unary(scripted("slow", &script)).await.unwrap();
-    assert!(start.elapsed() < Duration::from_secs(5));
-    assert_eq!(server.attempts("slow").len(), 2);
-
-    let script = [
-        FaultAction::code(Code::NotFound).pushback("0"),
-        FaultAction::ok(),
-    ];
-    let status = client.unary(scripted("final", &script)).await.unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(server.attempts("final").len(), 1);
-}
-
-#[tokio::test]
 async fn one_deadline_covers_all_attempts() {
     let server = TestServer::start().await.unwrap();
     let policy = fast_policy().max_attempts(5).build().unwrap();
