@@ -10,10 +10,11 @@
 //! Unary calls with a 64-byte payload at concurrency 1 (one task calling in
 //! a loop) and 64 (64 tasks sharing clones of one client). Both clients use
 //! clones of one connected `Channel`, so they share the connection. Each
-//! round times a batch of calls through both clients, raw and layered
-//! back to back, alternating which goes first (raw, layer, layer, raw, ...)
-//! so that drift in load hits both alike; the figure is the median over
-//! rounds of layer ÷ raw.
+//! round times a short batch of calls through each client back to back,
+//! rotating which goes first, so that drift in load hits all alike; the
+//! figure is the median over rounds of layer ÷ raw. A third client, a second
+//! raw one, is timed the same way as an A/A control: its ratio to raw shows
+//! how far from 1.000 the method itself lands on this machine.
 
 mod common;
 
@@ -67,41 +68,67 @@ where
 }
 
 struct Outcome {
+    /// Median over rounds of layer ÷ raw.
     ratio: f64,
     ratios: Vec<f64>,
+    /// Median over rounds of control ÷ raw: an A/A check of the method.
+    control_ratio: f64,
+    control_ratios: Vec<f64>,
     raw_us: f64,
     layer_us: f64,
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    Raw,
+    Layer,
+    Control,
+}
+
+/// Every round times one batch on each side, rotating the order
+/// (raw, layer, control / layer, control, raw / control, raw, layer) so each
+/// side goes first, second and third equally often.
 async fn compare(
     raw: &EchoClient<Channel>,
     layered: &EchoClient<Retry<Channel>>,
+    control: &EchoClient<Channel>,
     concurrency: usize,
     rounds: usize,
     calls: usize,
 ) -> Outcome {
-    // Warm both paths (connection windows, allocator, caches).
-    batch(raw, concurrency, calls / 2).await;
-    batch(layered, concurrency, calls / 2).await;
+    // Warm every path (connection windows, allocator, caches).
+    for _ in 0..5 {
+        batch(raw, concurrency, calls).await;
+        batch(layered, concurrency, calls).await;
+        batch(control, concurrency, calls).await;
+    }
 
+    let order = [Side::Raw, Side::Layer, Side::Control];
     let mut ratios = Vec::with_capacity(rounds);
+    let mut control_ratios = Vec::with_capacity(rounds);
     let mut raw_times = Vec::with_capacity(rounds);
     let mut layer_times = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let (r, l) = if round % 2 == 0 {
-            let r = batch(raw, concurrency, calls).await;
-            (r, batch(layered, concurrency, calls).await)
-        } else {
-            let l = batch(layered, concurrency, calls).await;
-            (batch(raw, concurrency, calls).await, l)
-        };
-        ratios.push(l.as_secs_f64() / r.as_secs_f64());
-        raw_times.push(r.as_secs_f64() * 1e6 / calls as f64);
-        layer_times.push(l.as_secs_f64() * 1e6 / calls as f64);
+        let mut times = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let side = order[(round + k) % 3];
+            times[side as usize] = match side {
+                Side::Raw => batch(raw, concurrency, calls).await,
+                Side::Layer => batch(layered, concurrency, calls).await,
+                Side::Control => batch(control, concurrency, calls).await,
+            };
+        }
+        let [r, l, c] = times.map(|t| t.as_secs_f64());
+        ratios.push(l / r);
+        control_ratios.push(c / r);
+        raw_times.push(r * 1e6 / calls as f64);
+        layer_times.push(l * 1e6 / calls as f64);
     }
     Outcome {
         ratio: common::median(&mut ratios.clone()),
         ratios,
+        control_ratio: common::median(&mut control_ratios.clone()),
+        control_ratios,
         raw_us: common::median(&mut raw_times),
         layer_us: common::median(&mut layer_times),
     }
@@ -110,10 +137,12 @@ async fn compare(
 fn main() {
     let quick = common::quick();
     // (rounds, calls per batch) for concurrency 1 and 64.
+    // Many short batches: each pair (raw, layer) runs within ~0.1 s, so the
+    // two sides of a ratio see nearly the same machine load.
     let ((rounds_c1, calls_c1), (rounds_c64, calls_c64)) = if quick {
-        ((7, 1_000), (7, 6_400))
+        ((31, 200), (31, 1_280))
     } else {
-        ((21, 3_000), (21, 19_200))
+        ((151, 200), (151, 1_280))
     };
     println!(
         "e2e: {} mode; {}",
@@ -134,27 +163,37 @@ fn main() {
             .await
             .expect("connect");
         let raw = EchoClient::new(channel.clone());
+        // A second raw client on the same channel: the A/A control.
+        let control = EchoClient::new(channel.clone());
         let layered = EchoClient::new(RetryLayer::new(RetryPolicy::default()).layer(channel));
 
-        let c1 = compare(&raw, &layered, 1, rounds_c1, calls_c1).await;
-        let c64 = compare(&raw, &layered, 64, rounds_c64, calls_c64).await;
+        let c1 = compare(&raw, &layered, &control, 1, rounds_c1, calls_c1).await;
+        let c64 = compare(&raw, &layered, &control, 64, rounds_c64, calls_c64).await;
 
         println!();
         for (name, o, calls) in [("c1", &c1, calls_c1), ("c64", &c64, calls_c64)] {
-            let lo = o.ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = o.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let spread = |v: &[f64]| {
+                let mut v = v.to_vec();
+                (common::percentile(&mut v, 10.0), common::percentile(&mut v, 90.0))
+            };
+            let (lo, hi) = spread(&o.ratios);
+            let (clo, chi) = spread(&o.control_ratios);
             println!(
-                "{name:>4}: raw {:.2} µs/call, layer {:.2} µs/call (medians over {} rounds of {calls} calls); \
-                 layer/raw median {:.4}, range {lo:.4} .. {hi:.4}",
+                "{name:>4}: raw {:.2} µs/call, layer {:.2} µs/call (medians over {} rounds of {calls} calls)\n      \
+                 layer/raw median {:.4} (p10 {lo:.4}, p90 {hi:.4}); \
+                 control raw/raw median {:.4} (p10 {clo:.4}, p90 {chi:.4})",
                 o.raw_us,
                 o.layer_us,
                 o.ratios.len(),
                 o.ratio,
+                o.control_ratio,
             );
         }
         println!();
         common::result("e2e_ratio_c1", c1.ratio);
         common::result("e2e_ratio_c64", c64.ratio);
+        common::result("e2e_control_ratio_c1", c1.control_ratio);
+        common::result("e2e_control_ratio_c64", c64.control_ratio);
         common::result("e2e_raw_us_per_call_c1", c1.raw_us);
         common::result("e2e_layer_us_per_call_c1", c1.layer_us);
         common::result("e2e_raw_us_per_call_c64", c64.raw_us);

@@ -33,6 +33,9 @@
 //! cancels out. Criterion cannot interleave variants or count allocations,
 //! hence this custom harness (`harness = false`).
 //!
+//! `OVERHEAD_PROFILE=<variant>` (with `OVERHEAD_PROFILE_CALLS=<n>`) runs one
+//! variant alone, for a profiler; see BENCHMARKS.md.
+//!
 //! Prints `RESULT` lines and writes the chart `benches/overhead.svg` (full
 //! mode) or `$CARGO_TARGET_TMPDIR/overhead-quick.svg` (quick mode).
 
@@ -327,6 +330,26 @@ fn main() {
 
     let mut variants = variants();
     let n = variants.len();
+
+    // Profiling mode: run one variant only, for callgrind or perf, e.g.
+    // OVERHEAD_PROFILE=tonic-retry valgrind --tool=callgrind <bench binary>
+    if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
+        let variant = variants
+            .iter_mut()
+            .find(|v| v.name() == name)
+            .unwrap_or_else(|| panic!("OVERHEAD_PROFILE: no variant named {name:?}"));
+        let calls = std::env::var("OVERHEAD_PROFILE_CALLS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100_000);
+        variant.run(1_000);
+        let elapsed = variant.run(calls);
+        println!(
+            "{name}: {calls} calls, {:.1} ns/call",
+            elapsed.as_nanos() as f64 / calls as f64
+        );
+        return;
+    }
     for v in &mut variants {
         v.run(warmup);
     }

@@ -38,6 +38,7 @@ use crate::deadline;
 use crate::layer::{CallPolicy, LayerState};
 use crate::metrics::CallMetrics;
 use crate::options::CallOptions;
+use crate::policy::DEFAULT_MAX_ATTEMPTS_CAP;
 use crate::pushback::{self, Pushback};
 use crate::replay::Replay;
 
@@ -55,7 +56,7 @@ pub(crate) async fn run<S, ResBody>(
     request: http::Request<Body>,
 ) -> Result<http::Response<ResBody>, BoxError>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
 {
     let Some(policy) = state.resolve(&request) else {
@@ -71,21 +72,29 @@ where
         attempts = field::Empty,
         outcome = field::Empty,
     );
+    let hedging = policy.hedging;
     let call = Call::new(&state, policy, &request, span.clone());
-    call.run(inner, first_ready, request).instrument(span).await
+    match hedging {
+        Some(hedging) => {
+            call.run_hedged(hedging, inner, first_ready, request)
+                .instrument(span)
+                .await
+        }
+        None => call.run(inner, first_ready, request).instrument(span).await,
+    }
 }
 
 /// What one call decides with: its policy and limits, resolved at its start.
-struct Call<'a> {
-    state: &'a LayerState,
-    policy: CallPolicy<'a>,
-    max_attempts: u32,
-    non_idempotent: bool,
-    deadline: Option<Instant>,
-    cancel: Option<CancellationToken>,
-    backoff: Backoff,
-    metrics: CallMetrics,
-    span: Span,
+pub(crate) struct Call<'a> {
+    pub(crate) state: &'a LayerState,
+    pub(crate) policy: CallPolicy<'a>,
+    pub(crate) max_attempts: u32,
+    pub(crate) non_idempotent: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) cancel: Option<CancellationToken>,
+    pub(crate) backoff: Backoff,
+    pub(crate) metrics: CallMetrics,
+    pub(crate) span: Span,
 }
 
 impl<'a> Call<'a> {
@@ -100,9 +109,14 @@ impl<'a> Call<'a> {
             .get::<CallOptions>()
             .copied()
             .unwrap_or_default();
-        let max_attempts = options.max_attempts.map_or(policy.retry.max_attempts, |n| {
-            n.min(policy.retry.max_attempts_cap)
-        });
+        let (policy_attempts, cap) = match policy.hedging {
+            Some(hedging) => (
+                hedging.max_attempts.clamp(1, DEFAULT_MAX_ATTEMPTS_CAP),
+                DEFAULT_MAX_ATTEMPTS_CAP,
+            ),
+            None => (policy.retry.max_attempts, policy.retry.max_attempts_cap),
+        };
+        let max_attempts = options.max_attempts.map_or(policy_attempts, |n| n.min(cap));
         let deadline = call_deadline(
             request.headers(),
             earliest_duration(policy.retry.timeout, policy.config_timeout),
@@ -178,17 +192,6 @@ impl<'a> Call<'a> {
             };
 
             let failure = match result {
-                Ok(response) => match classify::classify_response(&response) {
-                    ResponseKind::Commit => {
-                        replay.commit();
-                        if let Some(throttle) = &self.state.throttle {
-                            throttle.record_success();
-                        }
-                        attempt_span.record("code", "committed");
-                        return Ok(self.surface_response(response, attempt));
-                    }
-                    ResponseKind::Failed(code) => Failure::Response { code, response },
-                },
                 Err(AttemptError::TimedOut) if attempt_deadline == self.deadline => {
                     let status = Status::deadline_exceeded(format!(
                         "call deadline exceeded during attempt {attempt}"
@@ -202,10 +205,9 @@ impl<'a> Call<'a> {
                     )),
                     never_sent: false,
                 },
-                Err(AttemptError::Failed(error)) => {
-                    if !transparent_retry_used
-                        && classify::refused_before_processing(&*error)
-                        && replay.is_replayable()
+                Err(AttemptError::Failed(error)) => match outcome(Err(error)) {
+                    Outcome::Refused(error)
+                        if !transparent_retry_used && replay.is_replayable() =>
                     {
                         // A6: the server's application never saw this
                         // stream. Retry once, at once, without counting an
@@ -216,11 +218,22 @@ impl<'a> Call<'a> {
                         attempt -= 1;
                         continue;
                     }
-                    Failure::Status {
-                        never_sent: classify::never_sent(&*error),
-                        status: classify::status_from_error(error),
+                    Outcome::Refused(error) => Failure::from_error(error),
+                    Outcome::Failed(failure) => failure,
+                    Outcome::Commit(_) => unreachable!("an error never commits"),
+                },
+                Ok(response) => match outcome(Ok(response)) {
+                    Outcome::Commit(response) => {
+                        replay.commit();
+                        if let Some(throttle) = &self.state.throttle {
+                            throttle.record_success();
+                        }
+                        attempt_span.record("code", "committed");
+                        return Ok(self.surface_response(response, attempt, Code::Ok));
                     }
-                }
+                    Outcome::Failed(failure) => failure,
+                    Outcome::Refused(_) => unreachable!("a response is never a refused stream"),
+                },
             };
             let code = failure.code();
             attempt_span.record("code", code_name(code));
@@ -264,7 +277,7 @@ impl<'a> Call<'a> {
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
     /// The clock is read only when the call has a deadline or per-attempt
     /// timeout.
-    fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
+    pub(crate) fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
         let per_attempt = self.policy.retry.per_attempt_timeout;
         if self.deadline.is_none() && per_attempt.is_none() {
             return None;
@@ -336,12 +349,15 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn surface_response<B>(
+    /// The response `attempt` produced, which ends the call with `code`
+    /// (OK for a committed response, whatever its trailers say later).
+    pub(crate) fn surface_response<B>(
         &self,
         mut response: http::Response<B>,
         attempt: u32,
+        code: Code,
     ) -> http::Response<B> {
-        self.finish(attempt, "response");
+        self.finish(attempt, code_name(code));
         if attempt > 1 {
             response
                 .headers_mut()
@@ -350,7 +366,7 @@ impl<'a> Call<'a> {
         response
     }
 
-    fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
+    pub(crate) fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
         self.finish(attempt, code_name(status.code()));
         if attempt > 1 {
             status
@@ -367,13 +383,13 @@ impl<'a> Call<'a> {
     }
 }
 
-enum Verdict {
+pub(crate) enum Verdict {
     RetryAfter(Duration),
     Final(&'static str),
 }
 
 /// Readies the inner service if needed, then sends one attempt.
-async fn send<S, ResBody>(
+pub(crate) async fn send<S, ResBody>(
     inner: &mut S,
     ready: Result<bool, BoxError>,
     request: http::Request<Body>,
@@ -393,8 +409,32 @@ enum AttemptError {
     Failed(BoxError),
 }
 
+/// What one attempt's result means for the call.
+pub(crate) enum Outcome<ResBody> {
+    /// OK or normal headers: this response is the call's result.
+    Commit(http::Response<ResBody>),
+    /// A failure the policy decides on.
+    Failed(Failure<ResBody>),
+    /// The server refused the stream before its application saw it.
+    Refused(BoxError),
+}
+
+/// Classifies an attempt's result.
+pub(crate) fn outcome<ResBody>(
+    result: Result<http::Response<ResBody>, BoxError>,
+) -> Outcome<ResBody> {
+    match result {
+        Ok(response) => match classify::classify_response(&response) {
+            ResponseKind::Commit => Outcome::Commit(response),
+            ResponseKind::Failed(code) => Outcome::Failed(Failure::Response { code, response }),
+        },
+        Err(error) if classify::refused_before_processing(&*error) => Outcome::Refused(error),
+        Err(error) => Outcome::Failed(Failure::from_error(error)),
+    }
+}
+
 /// A failed attempt, kept as the caller would see it if it is final.
-enum Failure<ResBody> {
+pub(crate) enum Failure<ResBody> {
     /// A trailers-only (or non-200) response, passed through unchanged.
     Response {
         code: Code,
@@ -405,7 +445,15 @@ enum Failure<ResBody> {
 }
 
 impl<ResBody> Failure<ResBody> {
-    fn code(&self) -> Code {
+    /// A transport error, as the Status tonic would surface.
+    pub(crate) fn from_error(error: BoxError) -> Self {
+        Failure::Status {
+            never_sent: classify::never_sent(&*error),
+            status: classify::status_from_error(error),
+        }
+    }
+
+    pub(crate) fn code(&self) -> Code {
         match self {
             Failure::Response { code, .. } => *code,
             Failure::Status { status, .. } => status.code(),
@@ -413,14 +461,14 @@ impl<ResBody> Failure<ResBody> {
     }
 
     /// The trailers-only headers; empty for transport errors.
-    fn headers(&self) -> &HeaderMap {
+    pub(crate) fn headers(&self) -> &HeaderMap {
         match self {
             Failure::Response { response, .. } => response.headers(),
             Failure::Status { .. } => classify::no_headers(),
         }
     }
 
-    fn pushback(&self) -> Pushback {
+    pub(crate) fn pushback(&self) -> Pushback {
         match self {
             Failure::Response { response, .. } => pushback::server_pushback(response.headers()),
             Failure::Status { .. } => Pushback::Absent,
@@ -428,7 +476,7 @@ impl<ResBody> Failure<ResBody> {
     }
 
     /// Whether the attempt certainly never reached the server.
-    fn never_sent(&self) -> bool {
+    pub(crate) fn never_sent(&self) -> bool {
         matches!(
             self,
             Failure::Status {
@@ -438,7 +486,7 @@ impl<ResBody> Failure<ResBody> {
         )
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let message = match self {
             Failure::Response { response, .. } => response
                 .headers()
@@ -450,18 +498,24 @@ impl<ResBody> Failure<ResBody> {
         format!("{}: {message}", code_name(self.code()))
     }
 
-    fn surface(self, call: &Call<'_>, attempt: u32) -> Result<http::Response<ResBody>, BoxError> {
+    pub(crate) fn surface(
+        self,
+        call: &Call<'_>,
+        attempt: u32,
+    ) -> Result<http::Response<ResBody>, BoxError> {
         match self {
-            Failure::Response { mut response, .. } => {
+            Failure::Response {
+                mut response, code, ..
+            } => {
                 classify::strip_malformed_status_details(response.headers_mut());
-                Ok(call.surface_response(response, attempt))
+                Ok(call.surface_response(response, attempt, code))
             }
             Failure::Status { status, .. } => Err(call.surface_status(status, attempt)),
         }
     }
 }
 
-fn cancelled_status() -> Status {
+pub(crate) fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
@@ -486,14 +540,14 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-async fn cancelled(token: Option<&CancellationToken>) {
+pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     match token {
         Some(token) => token.cancelled().await,
         None => std::future::pending().await,
@@ -502,7 +556,7 @@ async fn cancelled(token: Option<&CancellationToken>) {
 
 /// What is needed to rebuild the request head for a retry, since the inner
 /// service consumes each attempt's request.
-struct RequestTemplate {
+pub(crate) struct RequestTemplate {
     method: Method,
     uri: Uri,
     version: Version,
@@ -511,7 +565,7 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn new(parts: &Parts) -> Self {
+    pub(crate) fn new(parts: &Parts) -> Self {
         RequestTemplate {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -521,7 +575,7 @@ impl RequestTemplate {
         }
     }
 
-    fn parts(&self) -> Parts {
+    pub(crate) fn parts(&self) -> Parts {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();

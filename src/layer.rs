@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::buffer_cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
-use crate::config::ServiceConfig;
+use crate::config::{HedgingPolicy, ServiceConfig};
 use crate::policy::RetryPolicy;
 use crate::service::Retry;
 use crate::throttle::RetryThrottle;
@@ -42,8 +42,10 @@ pub struct RetryLayer {
 
 /// Where a call's policy comes from.
 pub(crate) enum Policies {
-    /// One policy for every call.
+    /// One retry policy for every call.
     Fixed(RetryPolicy),
+    /// One hedging policy for every call.
+    FixedHedging(HedgingPolicy),
     /// Per-method policies from a gRPC service config.
     Config(ServiceConfig),
 }
@@ -60,7 +62,11 @@ pub(crate) struct LayerState {
 
 /// What applies to one call, resolved once when it starts.
 pub(crate) struct CallPolicy<'a> {
+    /// The retry policy; for a hedged call, the defaults its shared settings
+    /// (replay limit, RetryInfo) come from.
     pub(crate) retry: &'a RetryPolicy,
+    /// Set when the call is hedged instead of retried.
+    pub(crate) hedging: Option<&'a HedgingPolicy>,
     /// The method config's `timeout`; joins the call's deadline.
     pub(crate) config_timeout: Option<Duration>,
 }
@@ -72,6 +78,12 @@ impl LayerState {
         match &self.policies {
             Policies::Fixed(policy) => Some(CallPolicy {
                 retry: policy,
+                hedging: None,
+                config_timeout: None,
+            }),
+            Policies::FixedHedging(hedging) => Some(CallPolicy {
+                retry: &self.no_retries,
+                hedging: Some(hedging),
                 config_timeout: None,
             }),
             Policies::Config(config) => {
@@ -79,6 +91,7 @@ impl LayerState {
                 let found = config.method_config(service, method)?;
                 Some(CallPolicy {
                     retry: found.retry.as_ref().unwrap_or(&self.no_retries),
+                    hedging: found.hedging.as_ref(),
                     config_timeout: found.timeout,
                 })
             }
@@ -130,11 +143,38 @@ impl RetryLayer {
         RetryLayerBuilder::new(Policies::Fixed(policy))
     }
 
-    /// The policy applied to every call, if the layer has a single one.
+    /// A layer that hedges every call (gRFC A6 `hedgingPolicy`): up to
+    /// `max_attempts` copies, `hedging_delay` apart; the first OK or fatal
+    /// answer wins and the others are cancelled.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic::Code;
+    /// use tonic_retry::{HedgingPolicy, RetryLayer};
+    ///
+    /// let layer = RetryLayer::hedging(HedgingPolicy {
+    ///     max_attempts: 2,
+    ///     hedging_delay: Duration::from_millis(20), // about the p90 latency
+    ///     non_fatal_codes: [Code::Unavailable].into_iter().collect(),
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn hedging(policy: HedgingPolicy) -> Self {
+        Self::hedging_builder(policy).build()
+    }
+
+    /// A builder for a hedging layer with throttling, a budget or a
+    /// different buffer cap.
+    pub fn hedging_builder(policy: HedgingPolicy) -> RetryLayerBuilder {
+        RetryLayerBuilder::new(Policies::FixedHedging(policy))
+    }
+
+    /// The policy applied to every call, if the layer has a single retry
+    /// policy.
     pub fn policy(&self) -> Option<&RetryPolicy> {
         match &self.state.policies {
             Policies::Fixed(policy) => Some(policy),
-            Policies::Config(_) => None,
+            Policies::FixedHedging(_) | Policies::Config(_) => None,
         }
     }
 

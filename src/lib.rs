@@ -51,6 +51,7 @@ mod classify;
 pub mod config;
 pub mod deadline;
 mod future;
+mod hedge;
 pub mod layer;
 mod metrics;
 mod options;

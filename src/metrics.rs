@@ -1,8 +1,8 @@
 //! gRFC A96 retry metrics, through the `metrics` facade (feature `metrics`).
 //!
 //! Per call, once it ends, as A96 specifies: `grpc.client.call.retries`,
-//! `grpc.client.call.transparent_retries` (histograms of counts, not
-//! reported when zero) and `grpc.client.call.retry_delay` (seconds spent
+//! `grpc.client.call.transparent_retries` and `grpc.client.call.hedges`
+//! (histograms of counts, not reported when zero) and `grpc.client.call.retry_delay` (seconds spent
 //! waiting with no attempt in flight). Per decision: counters
 //! `tonic_retry.throttled` and `tonic_retry.budget_exhausted`. Labels:
 //! `grpc.method` and `grpc.status`. Without the feature every function here
@@ -19,6 +19,8 @@ pub(crate) struct CallMetrics {
     #[cfg(feature = "metrics")]
     transparent_retries: u32,
     #[cfg(feature = "metrics")]
+    hedges: u32,
+    #[cfg(feature = "metrics")]
     delay: Duration,
 }
 
@@ -29,6 +31,7 @@ impl CallMetrics {
     }
     pub(crate) fn retry(&mut self, _delay: Duration) {}
     pub(crate) fn transparent_retry(&mut self) {}
+    pub(crate) fn hedges(&mut self, _hedges: u32) {}
     pub(crate) fn throttled(&mut self) {}
     pub(crate) fn budget_exhausted(&mut self) {}
     pub(crate) fn finish(&self, _outcome: &'static str) {}
@@ -43,6 +46,7 @@ impl CallMetrics {
             method: method.to_owned(),
             retries: 0,
             transparent_retries: 0,
+            hedges: 0,
             delay: Duration::ZERO,
         }
     }
@@ -60,6 +64,11 @@ impl CallMetrics {
         self.transparent_retries += 1;
     }
 
+    /// Hedges sent beyond the first attempt, recorded when the call ends.
+    pub(crate) fn hedges(&mut self, hedges: u32) {
+        self.hedges = hedges;
+    }
+
     pub(crate) fn throttled(&mut self) {
         metrics::counter!("tonic_retry.throttled", "grpc.method" => self.method()).increment(1);
     }
@@ -70,7 +79,7 @@ impl CallMetrics {
     }
 
     pub(crate) fn finish(&self, outcome: &'static str) {
-        if self.retries == 0 && self.transparent_retries == 0 {
+        if self.retries == 0 && self.transparent_retries == 0 && self.hedges == 0 {
             return;
         }
         let labels = [
@@ -81,6 +90,9 @@ impl CallMetrics {
             metrics::histogram!("grpc.client.call.retries", &labels).record(self.retries as f64);
             metrics::histogram!("grpc.client.call.retry_delay", &labels)
                 .record(self.delay.as_secs_f64());
+        }
+        if self.hedges > 0 {
+            metrics::histogram!("grpc.client.call.hedges", &labels).record(self.hedges as f64);
         }
         if self.transparent_retries > 0 {
             metrics::histogram!("grpc.client.call.transparent_retries", &labels)

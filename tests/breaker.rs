@@ -425,6 +425,60 @@ async fn outside_the_retry_layer_a_call_counts_once_after_its_retries() {
     assert_eq!(backend.calls(), 9);
 }
 
+#[tokio::test]
+async fn a_generated_client_sees_the_refusal_as_unavailable() {
+    use tonic_retry::testing::proto::{EchoClient, EchoRequest};
+    use tonic_retry::testing::{FaultAction, TestServer, set_script};
+
+    let server = TestServer::start().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let policy = RetryPolicy::builder()
+        .max_attempts(2)
+        .initial_backoff(Duration::from_millis(5))
+        .max_backoff(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let breaker = CircuitBreakerLayer::new(
+        BreakerConfig::builder()
+            .failure_ratio(1.0)
+            .minimum_calls(1)
+            .build()
+            .unwrap(),
+    );
+    let svc = tower::ServiceBuilder::new()
+        .layer(breaker.clone())
+        .layer(RetryLayer::new(policy))
+        .service(channel);
+    let mut client = EchoClient::new(svc);
+    let scripted = |call_id: &str| {
+        let mut request = tonic::Request::new(EchoRequest::default());
+        let unavailable = FaultAction::code(Code::Unavailable).message("down");
+        set_script(&mut request, call_id, &[unavailable.clone(), unavailable]).unwrap();
+        request
+    };
+
+    let status = client.unary(scripted("first")).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unavailable, "down")
+    );
+    assert_eq!(server.attempts("first").len(), 2);
+    assert_eq!(breaker.state(), BreakerState::Open);
+
+    let status = client.unary(scripted("second")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().starts_with("circuit breaker open"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.attempts("second").len(), 0, "never sent");
+}
+
 #[test]
 fn invalid_settings_are_typed_errors_naming_the_setting() {
     let cases = [

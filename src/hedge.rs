@@ -1,0 +1,223 @@
+//! Hedging (gRFC A6 `hedgingPolicy`): several copies of one call in flight.
+//!
+//! The first attempt goes out at once. Each `hedging_delay` that passes
+//! without a final answer sends another, up to `max_attempts`; a delay of
+//! zero sends them all at once. A non-fatal failure sends the next hedge at
+//! once. The first OK (or committed) response, or the first fatal status,
+//! wins, and every other attempt is cancelled: their futures are dropped,
+//! which resets their HTTP/2 streams.
+//!
+//! Everything a retried call has applies to the hedges together: one
+//! deadline, one cancellation token, one replay buffer (every attempt replays
+//! the same recorded chunks; the request is never copied per hedge), and
+//! the layer's throttling, budget and buffer cap. Server pushback steers the
+//! schedule: "stop" sends no more hedges, N ms moves the next one N ms out.
+//!
+//! The attempts run inside the call's own future (no task is spawned), so
+//! dropping the call cancels every hedge.
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::HeaderValue;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower_service::Service;
+use tracing::{Instrument, debug, debug_span, field};
+
+use crate::BoxError;
+use crate::attempt::{
+    Call, Failure, GRPC_PREVIOUS_RPC_ATTEMPTS, Outcome, RequestTemplate, cancelled,
+    cancelled_status, outcome, send, sleep_until,
+};
+use crate::classify::code_name;
+use crate::config::HedgingPolicy;
+use crate::pushback::Pushback;
+use crate::replay::Replay;
+
+impl Call<'_> {
+    /// Runs a hedged call to completion.
+    pub(crate) async fn run_hedged<S, ResBody>(
+        mut self,
+        hedging: &HedgingPolicy,
+        inner: S,
+        first_ready: Result<(), BoxError>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<ResBody>, BoxError>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let replay = Replay::with_cap(
+            body,
+            self.policy.retry.replay_limit,
+            self.state.buffer_cap.clone(),
+        );
+        if let Some(budget) = &self.state.budget {
+            budget.deposit();
+        }
+        let template = RequestTemplate::new(&parts);
+        let mut first_parts = Some(parts);
+        // Hedges after the first need their own service (each is readied
+        // separately); the first uses the one `poll_ready` readied.
+        let spare = inner.clone();
+        let mut first_service = Some((inner, first_ready.map(|()| true)));
+
+        let mut in_flight = FuturesUnordered::new();
+        // The closure owns `spare` and `first_service` (a service need not be
+        // `Sync`) and borrows the replay buffer and the template.
+        let (replay_ref, template_ref) = (&replay, &template);
+        let mut launch = move |n: u32, this: &Call<'_>| {
+            let mut parts = first_parts.take().unwrap_or_else(|| template_ref.parts());
+            if n > 1 {
+                parts
+                    .headers
+                    .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(n - 1));
+            }
+            this.attempt_deadline(&mut parts.headers);
+            let request = http::Request::from_parts(parts, Body::new(replay_ref.body()));
+            let (mut service, ready) = first_service
+                .take()
+                .unwrap_or_else(|| (spare.clone(), Ok(false)));
+            let span = debug_span!("grpc.hedge", attempt = n, code = field::Empty);
+            async move { (n, send(&mut service, ready, request).await) }.instrument(span)
+        };
+
+        in_flight.push(launch(1, &self));
+        let mut sent: u32 = 1;
+        let delay = hedging.hedging_delay;
+        let mut next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
+        let mut stopped = false;
+        let mut transparent_retry_used = false;
+        let mut last_failure: Option<(u32, Failure<ResBody>)> = None;
+
+        loop {
+            let can_hedge = !stopped && sent < self.max_attempts && next_hedge.is_some();
+            if in_flight.is_empty() {
+                if !can_hedge {
+                    let Some((n, failure)) = last_failure else {
+                        unreachable!("an attempt finished before in_flight emptied")
+                    };
+                    debug!(
+                        attempt = n,
+                        code = code_name(failure.code()),
+                        "final status of a hedged call"
+                    );
+                    return failure.surface(&self, n);
+                }
+                if let (Some(deadline), Some(at)) = (self.deadline, next_hedge)
+                    && at >= deadline
+                {
+                    let last = last_failure
+                        .as_ref()
+                        .map(|(_, f)| f.describe())
+                        .unwrap_or_default();
+                    let status = Status::deadline_exceeded(format!(
+                        "deadline would pass before the next hedge; last attempt: {last}"
+                    ));
+                    return Err(self.surface_status(status, sent));
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancelled(self.cancel.as_ref()) => {
+                    return Err(self.surface_status(cancelled_status(), sent));
+                }
+                () = sleep_until(self.deadline) => {
+                    let status = Status::deadline_exceeded(format!(
+                        "call deadline exceeded with {} of {sent} hedged attempts in flight",
+                        in_flight.len()
+                    ));
+                    return Err(self.surface_status(status, sent));
+                }
+                Some((n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let failure = match outcome(result) {
+                        Outcome::Commit(response) => {
+                            // The winner. Dropping `in_flight` on return
+                            // cancels every other attempt.
+                            replay.commit();
+                            if let Some(throttle) = &self.state.throttle {
+                                throttle.record_success();
+                            }
+                            self.metrics.hedges(sent - 1);
+                            return Ok(self.surface_response(response, n, Code::Ok));
+                        }
+                        Outcome::Refused(error) if !transparent_retry_used && replay.is_replayable() => {
+                            debug!(attempt = n, %error, "transparent retry of a refused hedge");
+                            transparent_retry_used = true;
+                            self.metrics.transparent_retry();
+                            in_flight.push(launch(n, &self));
+                            continue;
+                        }
+                        Outcome::Refused(error) => Failure::from_error(error),
+                        Outcome::Failed(failure) => failure,
+                    };
+                    let code = failure.code();
+                    if !hedging.non_fatal_codes.contains(code) {
+                        if !replay.is_replayable() && !in_flight.is_empty() {
+                            // This attempt lost its replay buffer (the call
+                            // passed a buffer limit): its failure says nothing
+                            // about the request. The attempts still reading
+                            // the original body go on; no more are sent.
+                            debug!(attempt = n, code = code_name(code), "hedge lost its replay buffer");
+                            stopped = true;
+                            continue;
+                        }
+                        debug!(attempt = n, code = code_name(code), "fatal status ends the hedged call");
+                        self.metrics.hedges(sent - 1);
+                        return failure.surface(&self, n);
+                    }
+                    // Non-fatal: it costs a throttling token, and the next
+                    // hedge goes out now, or when the server asks.
+                    if let Some(throttle) = &self.state.throttle {
+                        throttle.record_failure();
+                    }
+                    match failure.pushback() {
+                        Pushback::Stop => {
+                            debug!(attempt = n, "server pushback stops further hedges");
+                            stopped = true;
+                        }
+                        Pushback::RetryAfter(after) => next_hedge = Some(Instant::now() + after),
+                        Pushback::Absent => next_hedge = Some(Instant::now()),
+                    }
+                    last_failure = Some((n, failure));
+                }
+                () = sleep_until(next_hedge), if can_hedge => {
+                    if self.may_hedge(&replay) {
+                        sent += 1;
+                        debug!(attempt = sent, "sending a hedge");
+                        in_flight.push(launch(sent, &self));
+                        next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
+                    } else {
+                        stopped = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether another hedge may go out: the request is still replayable
+    /// and throttling and the budget allow it.
+    fn may_hedge<B>(&mut self, replay: &Replay<B>) -> bool {
+        if !replay.is_replayable() {
+            debug!("no more hedges: the request is not replayable");
+            return false;
+        }
+        if let Some(throttle) = &self.state.throttle
+            && !throttle.allows_retry()
+        {
+            debug!("no more hedges: throttled");
+            self.metrics.throttled();
+            return false;
+        }
+        if let Some(budget) = &self.state.budget
+            && !budget.try_withdraw()
+        {
+            debug!("no more hedges: retry budget exhausted");
+            self.metrics.budget_exhausted();
+            return false;
+        }
+        true
+    }
+}
