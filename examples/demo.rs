@@ -15,8 +15,11 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_retry::testing::proto::{EchoClient, EchoRequest};
 use tonic_retry::testing::{FaultAction, TestServer, set_script};
-use tonic_retry::{Retry, RetryLayer, RetryPolicy, code_name};
+use tonic_retry::{Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle, code_name};
 use tower::ServiceBuilder;
+
+#[path = "common/hedge_experiment.rs"]
+mod hedge_experiment;
 
 type Client = EchoClient<Retry<Channel>>;
 
@@ -76,6 +79,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cancel_after: None,
         },
         Scenario {
+            name: "server pushback: retry in 300 ms",
+            script: vec![unavailable().pushback("300"), FaultAction::ok()],
+            timeout: None,
+            cancel_after: None,
+        },
+        Scenario {
+            name: "server pushback: stop (-1)",
+            script: vec![unavailable().pushback("-1"), FaultAction::ok()],
+            timeout: None,
+            cancel_after: None,
+        },
+        Scenario {
             name: "cancelled by token after 100 ms",
             script: vec![FaultAction::ok().delay_ms(5_000)],
             timeout: None,
@@ -121,8 +136,61 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
+    outage(&server, &channel).await?;
+
+    println!();
+    println!("hedging: 1,000 unary calls, 10 % of attempts answered after 200 ms");
+    hedge_experiment::compare(&server, &channel, 1_000).await;
+
     overhead(&channel, &mut client).await?;
     server.shutdown().await;
+    Ok(())
+}
+
+/// A full outage: every attempt fails with UNAVAILABLE. A naive policy
+/// multiplies the load by `max_attempts`; A6 throttling and a retry budget
+/// keep it close to one attempt per call.
+async fn outage(server: &TestServer, channel: &Channel) -> Result<(), Box<dyn std::error::Error>> {
+    const CALLS: usize = 300;
+    let policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(5))
+        .build()?;
+    let layers = [
+        ("no throttling, no budget", RetryLayer::new(policy.clone())),
+        (
+            "A6 throttling (maxTokens 10, tokenRatio 0.1)",
+            RetryLayer::builder(policy.clone())
+                .throttle(RetryThrottle::new(10_000, 100)?)
+                .build(),
+        ),
+        (
+            "retry budget (20 %, no floor)",
+            RetryLayer::builder(policy)
+                .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.2)?)
+                .build(),
+        ),
+    ];
+    println!();
+    println!("outage: {CALLS} calls, every attempt UNAVAILABLE, max_attempts 4");
+    for (name, layer) in layers {
+        let mut client: Client = EchoClient::new(
+            ServiceBuilder::new().layer(layer).service(channel.clone()),
+        );
+        let before = server.total_attempts();
+        let script = [FaultAction::code(Code::Unavailable)];
+        for i in 0..CALLS {
+            let mut request = tonic::Request::new(EchoRequest::default());
+            set_script(&mut request, &format!("outage-{name}-{i}"), &script)?;
+            let _ = client.unary(request).await;
+        }
+        let attempts = server.total_attempts() - before;
+        println!(
+            "  {name:<46} {:.2} attempts per call",
+            attempts as f64 / CALLS as f64
+        );
+    }
     Ok(())
 }
 
