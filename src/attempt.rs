@@ -424,8 +424,13 @@ pub(crate) fn outcome<ResBody>(
     result: Result<http::Response<ResBody>, BoxError>,
 ) -> Outcome<ResBody> {
     match result {
-        Ok(response) => match classify::classify_response(&response) {
-            ResponseKind::Commit => Outcome::Commit(response),
+        Ok(mut response) => match classify::classify_response(&response) {
+            ResponseKind::Commit { trailers_only } => {
+                if trailers_only {
+                    classify::strip_malformed_status_details(response.headers_mut());
+                }
+                Outcome::Commit(response)
+            }
             ResponseKind::Failed(code) => Outcome::Failed(Failure::Response { code, response }),
         },
         Err(error) if classify::refused_before_processing(&*error) => Outcome::Refused(error),

@@ -580,11 +580,15 @@ where
         let permit = this.permit.take().expect("an admitted call holds a permit");
         let failure_codes = permit.shared.config.failure_codes;
         match result {
-            Ok(response) => {
-                let failed = match classify::classify_response(&response) {
-                    ResponseKind::Commit => false,
-                    ResponseKind::Failed(code) => failure_codes.contains(code),
+            Ok(mut response) => {
+                let (failed, trailers_only) = match classify::classify_response(&response) {
+                    ResponseKind::Commit { trailers_only } => (false, trailers_only),
+                    ResponseKind::Failed(code) => (failure_codes.contains(code), true),
                 };
+                if trailers_only {
+                    // tonic's stub would panic on undecodable details.
+                    classify::strip_malformed_status_details(response.headers_mut());
+                }
                 permit.settle(failed);
                 Poll::Ready(Ok(response))
             }

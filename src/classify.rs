@@ -38,7 +38,7 @@ pub(crate) fn decode_status_details(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Removes a `grpc-status-details-bin` that is not valid base64 from a
-/// trailers-only response about to be surfaced.
+/// trailers-only response (OK or not) about to be surfaced.
 ///
 /// tonic's client decodes it with `expect` (`Status::from_header_map`), so a
 /// server sending garbage there would otherwise panic the caller's task.
@@ -58,7 +58,9 @@ pub(crate) fn strip_malformed_status_details(headers: &mut HeaderMap) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResponseKind {
     /// OK, or normal headers: the response is the call's result.
-    Commit,
+    /// `trailers_only` is set for a trailers-only OK, whose headers tonic's
+    /// client parses as a status.
+    Commit { trailers_only: bool },
     /// An uncommitted failure: trailers-only `grpc-status`, or a non-200
     /// HTTP status without one (typically a proxy).
     Failed(Code),
@@ -68,10 +70,14 @@ pub(crate) enum ResponseKind {
 pub(crate) fn classify_response<B>(response: &http::Response<B>) -> ResponseKind {
     match response.headers().get(GRPC_STATUS) {
         Some(value) => match parse_grpc_status(value.as_bytes()) {
-            Code::Ok => ResponseKind::Commit,
+            Code::Ok => ResponseKind::Commit {
+                trailers_only: true,
+            },
             code => ResponseKind::Failed(code),
         },
-        None if response.status() == StatusCode::OK => ResponseKind::Commit,
+        None if response.status() == StatusCode::OK => ResponseKind::Commit {
+            trailers_only: false,
+        },
         None => ResponseKind::Failed(code_from_http_status(response.status())),
     }
 }
@@ -196,7 +202,9 @@ mod tests {
     fn trailers_only_ok_commits() {
         assert_eq!(
             classify_response(&response(200, Some(b"0"))),
-            ResponseKind::Commit
+            ResponseKind::Commit {
+                trailers_only: true
+            }
         );
     }
 

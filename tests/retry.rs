@@ -648,6 +648,21 @@ async fn malformed_status_headers_never_panic_the_caller() {
     assert!(status.details().is_empty());
     assert_eq!(server.attempts("details").len(), 2);
 
+    // The same garbage on a trailers-only OK (found by tests/fuzz.rs): tonic
+    // parses those headers as a status too, so the layer must strip them.
+    let ok_with_bad_details = FaultAction::code(Code::Unavailable)
+        .grpc_status_raw("0")
+        .raw_header("grpc-status-details-bin", "!!!not base64!!!");
+    let mut stream = client
+        .server_stream(scripted("ok-details", &[ok_with_bad_details]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stream.message().await.unwrap().is_none(),
+        "an empty OK stream"
+    );
+
     // A grpc-status that is not a code is UNKNOWN, which is final.
     for raw in ["abc", "99", "", "-1", "014"] {
         let id = format!("status-{raw}");
