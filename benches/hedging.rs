@@ -38,7 +38,10 @@ fn main() {
         println!("RESULT hedging_p50_ms_with={:.3}", with.p50_ms);
         println!("RESULT hedging_p99_ms_with={:.3}", with.p99_ms);
         println!("RESULT hedging_p999_ms_with={:.3}", with.p999_ms);
-        println!("RESULT hedging_p99_improvement={:.3}", without.p99_ms / with.p99_ms);
+        println!(
+            "RESULT hedging_p99_improvement={:.3}",
+            without.p99_ms / with.p99_ms
+        );
         println!("RESULT hedging_load={:.4}", with.load);
         server.shutdown().await;
     });

@@ -22,15 +22,26 @@
 //!     per-retry transport cost, so (1 MiB − 1 byte) shows whether the body
 //!     is copied for replay. Median over interleaved repetitions.
 //!
-//! (b) Peak live bytes with 10,000 calls in flight (1 KiB payload each,
-//!     server delays each attempt 200 ms, no retry): the client's live-bytes
-//!     high-water mark through the layer and through the raw `Channel`;
-//!     their difference is what the layer holds while the calls are in
-//!     flight (mostly each call's recorded request body, kept until the call
-//!     commits).
+//! (b) 10,000 calls in flight (1 KiB payload each, server delays each
+//!     attempt 200 ms, no retry), three ways: the raw `Channel`; the layer
+//!     with its default channel-wide replay cap (16 MiB, above the ~10 MB
+//!     those calls send, so all of them are buffered); and the layer with a
+//!     4 MiB cap (below it). For each: the client's live-bytes high-water
+//!     mark (real memory), and for the layers the peak of
+//!     `RetryLayer::buffered_bytes()` (what the cap accounts), sampled every
+//!     millisecond. The bench asserts that the sampled peak never passes
+//!     `RetryLayer::buffer_limit()`.
+//!
+//!     Live bytes above raw are what the layer really holds. They are
+//!     compared with the accounted bytes because a recorded chunk is a
+//!     `Bytes` that shares the allocation it was split from: tonic encodes
+//!     each message into an 8 KiB buffer, so a 1 KiB message held for replay
+//!     can keep the whole 8 KiB alive.
 
 mod common;
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use tonic::Code;
@@ -46,6 +57,9 @@ static ALLOC: common::CountingAlloc = common::CountingAlloc;
 const MIB: usize = 1 << 20;
 const IN_FLIGHT: usize = 10_000;
 const IN_FLIGHT_PAYLOAD: usize = 1024;
+/// The channel-wide cap of the capped layer in (b): below the ~10 MB that
+/// the in-flight calls send.
+const CAPPED_LIMIT: usize = 4 * MIB;
 
 fn echo(payload_len: usize) -> EchoRequest {
     EchoRequest {
@@ -67,6 +81,8 @@ async fn bytes_allocated<F: std::future::Future<Output = ()>>(f: F) -> u64 {
 struct Clients {
     raw: EchoClient<Channel>,
     layered: EchoClient<Retry<Channel>>,
+    /// Through a layer whose channel-wide cap is below what (b) sends.
+    capped: EchoClient<Retry<Channel>>,
 }
 
 /// (a): median over `reps` of (layered retried call − raw single call)
@@ -124,11 +140,20 @@ async fn retried_call_bytes(
     )
 }
 
-/// (b): the client's live-bytes high-water mark above its starting point
-/// while `IN_FLIGHT` calls are in flight through `client`. Everything the
+/// What one run of (b) saw.
+#[derive(Clone, Copy, Default)]
+struct InFlight {
+    /// Client live-bytes high-water mark above its starting point.
+    peak_live: f64,
+    /// Highest `RetryLayer::buffered_bytes()` sampled (0 for raw).
+    peak_buffered: f64,
+}
+
+/// (b): `IN_FLIGHT` calls in flight through `client` at once. Everything the
 /// calls allocate (requests, client clones, tasks) is allocated while
-/// counting, for both variants alike.
-async fn peak_in_flight<T>(client: &EchoClient<T>) -> i64
+/// counting, for every variant alike. With `layer`, a sampler task reads its
+/// buffered bytes every millisecond.
+async fn in_flight<T>(client: &EchoClient<T>, layer: Option<&RetryLayer>) -> InFlight
 where
     EchoClient<T>: Clone + 'static,
     T: tonic::client::GrpcService<tonic::body::Body> + 'static,
@@ -139,6 +164,18 @@ where
     let script =
         tonic::metadata::MetadataValue::try_from(fault_header(&[FaultAction::ok().delay_ms(200)]))
             .expect("script header");
+    let done = Rc::new(Cell::new(false));
+    let sampler = layer.cloned().map(|layer| {
+        let done = done.clone();
+        tokio::task::spawn_local(async move {
+            let mut peak = 0;
+            while !done.get() {
+                peak = peak.max(layer.buffered_bytes());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            peak
+        })
+    });
 
     common::count_marked_threads();
     let start = common::live_bytes();
@@ -162,9 +199,36 @@ where
         joined.expect("task");
     }
     drop(tasks);
-    let peak = common::peak_live_bytes() - start;
+    let peak_live = (common::peak_live_bytes() - start) as f64;
     common::stop_counting();
-    peak
+
+    done.set(true);
+    let peak_buffered = match sampler {
+        Some(sampler) => sampler.await.expect("sampler") as f64,
+        None => 0.0,
+    };
+    if let Some(layer) = layer {
+        assert!(
+            peak_buffered <= layer.buffer_limit() as f64,
+            "buffered bytes {peak_buffered} passed the channel-wide cap {}",
+            layer.buffer_limit()
+        );
+        assert_eq!(layer.buffered_bytes(), 0, "every reservation was released");
+    }
+    InFlight {
+        peak_live,
+        peak_buffered,
+    }
+}
+
+/// The median of each field over runs.
+fn median_of(runs: &[InFlight]) -> InFlight {
+    let mut live: Vec<f64> = runs.iter().map(|r| r.peak_live).collect();
+    let mut buffered: Vec<f64> = runs.iter().map(|r| r.peak_buffered).collect();
+    InFlight {
+        peak_live: common::median(&mut live),
+        peak_buffered: common::median(&mut buffered),
+    }
 }
 
 fn main() {
@@ -207,13 +271,18 @@ fn main() {
             .replay_limit(2 << 20)
             .build()
             .expect("policy");
+        let layer = RetryLayer::new(policy.clone());
+        let capped_layer = RetryLayer::builder(policy)
+            .buffer_limit(CAPPED_LIMIT)
+            .build();
         let mut clients = Clients {
             raw: EchoClient::new(channel.clone())
                 .max_decoding_message_size(4 * MIB)
                 .max_encoding_message_size(4 * MIB),
-            layered: EchoClient::new(RetryLayer::new(policy).layer(channel))
+            layered: EchoClient::new(layer.layer(channel.clone()))
                 .max_decoding_message_size(4 * MIB)
                 .max_encoding_message_size(4 * MIB),
+            capped: EchoClient::new(capped_layer.layer(channel)),
         };
 
         // (a)
@@ -238,42 +307,65 @@ fn main() {
         );
 
         // (b)
-        let mut layer_peaks = Vec::new();
-        let mut raw_peaks = Vec::new();
+        let mut raw_runs = Vec::new();
+        let mut layer_runs = Vec::new();
+        let mut capped_runs = Vec::new();
         for _ in 0..in_flight_reps {
-            raw_peaks.push(peak_in_flight(&clients.raw).await as f64);
-            layer_peaks.push(peak_in_flight(&clients.layered).await as f64);
+            raw_runs.push(in_flight(&clients.raw, None).await);
+            layer_runs.push(in_flight(&clients.layered, Some(&layer)).await);
+            capped_runs.push(in_flight(&clients.capped, Some(&capped_layer)).await);
         }
-        let raw_peak = common::median(&mut raw_peaks);
-        let layer_peak = common::median(&mut layer_peaks);
-        let extra = layer_peak - raw_peak;
+        let raw = median_of(&raw_runs).peak_live;
+        let full = median_of(&layer_runs);
+        let capped = median_of(&capped_runs);
+        let sent = (IN_FLIGHT * (IN_FLIGHT_PAYLOAD + 8)) as f64; // + frame prefix and tags
+        let mib = |b: f64| b / MIB as f64;
         println!();
         println!(
-            "(b) {IN_FLIGHT} calls in flight ({IN_FLIGHT_PAYLOAD}-byte payloads, 200 ms server delay), \
-             client live-bytes high-water mark: layer {:.1} MiB, raw {:.1} MiB, layer − raw {:.1} MiB \
-             = {:.0} bytes per in-flight call",
-            layer_peak / MIB as f64,
-            raw_peak / MIB as f64,
-            extra / MIB as f64,
-            extra / IN_FLIGHT as f64
+            "(b) {IN_FLIGHT} calls in flight ({IN_FLIGHT_PAYLOAD}-byte payloads, 200 ms server delay, \
+             {:.1} MiB of encoded requests; median of {in_flight_reps}):",
+            mib(sent)
         );
-        // TODO(channel-wide cap): once `RetryLayer` exposes the channel-wide
-        // replay buffer cap, build the layer with a cap below
-        // IN_FLIGHT * IN_FLIGHT_PAYLOAD and assert here that the layer's
-        // buffered bytes (`extra`, or the cap's own gauge if it has one)
-        // never exceed it, e.g.
-        //     assert!(extra <= cap as f64 + IN_FLIGHT as f64 * PER_CALL_STATE);
-        // and report `RESULT replay_peak_vs_cap=<extra / cap>`.
+        println!("    raw channel:       peak live {:.1} MiB", mib(raw));
+        for (name, run, limit) in [
+            ("layer, 16 MiB cap", full, layer.buffer_limit()),
+            ("layer,  4 MiB cap", capped, capped_layer.buffer_limit()),
+        ] {
+            let extra = run.peak_live - raw;
+            println!(
+                "    {name}: peak live {:.1} MiB, {:.1} MiB above raw ({:.0} bytes per call); \
+                 peak buffered_bytes() {:.2} MiB (limit {:.0} MiB) -> real memory held {:.1} x the accounted bytes",
+                mib(run.peak_live),
+                mib(extra),
+                extra / IN_FLIGHT as f64,
+                mib(run.peak_buffered),
+                mib(limit as f64),
+                extra / run.peak_buffered.max(1.0),
+            );
+        }
 
         println!();
         common::result("replay_bytes_per_retried_call", big);
         common::result("replay_bytes_per_retried_call_ratio_to_request", big / encoded as f64);
         common::result("replay_bytes_per_retried_call_1b_payload", small);
         common::result("replay_bytes_size_dependent", big - small);
-        common::result("replay_peak_live_bytes_layer", layer_peak);
-        common::result("replay_peak_live_bytes_raw", raw_peak);
-        common::result("replay_peak_extra_bytes", extra);
-        common::result("replay_peak_extra_bytes_per_in_flight_call", extra / IN_FLIGHT as f64);
+        common::result("replay_peak_live_bytes_raw", raw);
+        common::result("replay_peak_live_bytes_layer", full.peak_live);
+        common::result("replay_peak_extra_bytes", full.peak_live - raw);
+        common::result(
+            "replay_peak_extra_bytes_per_in_flight_call",
+            (full.peak_live - raw) / IN_FLIGHT as f64,
+        );
+        common::result("replay_peak_buffered_bytes", full.peak_buffered);
+        common::result("replay_buffer_limit", layer.buffer_limit() as f64);
+        common::result("replay_capped_peak_live_bytes", capped.peak_live);
+        common::result("replay_capped_peak_extra_bytes", capped.peak_live - raw);
+        common::result("replay_capped_peak_buffered_bytes", capped.peak_buffered);
+        common::result("replay_capped_buffer_limit", capped_layer.buffer_limit() as f64);
+        common::result(
+            "replay_capped_peak_buffered_vs_limit",
+            capped.peak_buffered / capped_layer.buffer_limit() as f64,
+        );
     });
     drop(server);
     drop(server_rt);

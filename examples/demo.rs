@@ -175,9 +175,8 @@ async fn outage(server: &TestServer, channel: &Channel) -> Result<(), Box<dyn st
     println!();
     println!("outage: {CALLS} calls, every attempt UNAVAILABLE, max_attempts 4");
     for (name, layer) in layers {
-        let mut client: Client = EchoClient::new(
-            ServiceBuilder::new().layer(layer).service(channel.clone()),
-        );
+        let mut client: Client =
+            EchoClient::new(ServiceBuilder::new().layer(layer).service(channel.clone()));
         let before = server.total_attempts();
         let script = [FaultAction::code(Code::Unavailable)];
         for i in 0..CALLS {

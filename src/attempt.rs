@@ -161,6 +161,7 @@ impl<'a> Call<'a> {
 
         loop {
             attempt += 1;
+            self.metrics.attempt_started();
             let mut parts = first_parts.take().unwrap_or_else(|| template.parts());
             if attempt > 1 {
                 parts
@@ -261,7 +262,7 @@ impl<'a> Call<'a> {
                 delay_ms = delay.as_secs_f64() * 1e3,
                 "retrying"
             );
-            self.metrics.retry(delay);
+            self.metrics.retry_scheduled(delay);
             // Release the failed attempt (and its stream) before waiting.
             drop(failure);
             tokio::select! {

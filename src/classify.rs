@@ -116,30 +116,54 @@ pub(crate) fn code_from_http_status(status: StatusCode) -> Code {
 /// owns the deadline, that is reported as DEADLINE_EXCEEDED instead.
 pub(crate) fn status_from_error(error: BoxError) -> Status {
     let timed_out = error_chain(&*error).any(|e| e.is::<tonic::TimeoutExpired>());
+    let unsent = error_chain(&*error).any(is_unsent_request);
     let status = Status::from_error(error);
     if timed_out && status.code() == Code::Cancelled {
         return Status::deadline_exceeded(status.message().to_owned());
     }
+    if unsent && status.code() == Code::Cancelled {
+        // tonic calls this CANCELLED, but nobody cancelled anything: the
+        // connection closed (e.g. the server shut down gracefully) before
+        // the request was written. Like a failed connect, it is UNAVAILABLE.
+        return Status::unavailable(format!(
+            "connection closed before the request was sent: {}",
+            status.message()
+        ));
+    }
     status
+}
+
+/// hyper fails a request it dropped before ever writing it (the connection
+/// closed while it was queued) with `is_canceled()`; hyper documents this
+/// kind as "a pending item was dropped before ever being processed".
+fn is_unsent_request(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_canceled)
 }
 
 /// Whether the attempt certainly never reached the server: the connection
 /// could not be established, so no request bytes were sent.
 pub(crate) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
-    error_chain(error).any(|e| e.is::<tonic::ConnectError>())
+    error_chain(error).any(|e| e.is::<tonic::ConnectError>() || is_unsent_request(e))
 }
 
-/// Whether the server refused the stream before its application saw it
-/// (A6's second transparent-retry case): HTTP/2 `REFUSED_STREAM`, or a
-/// graceful `GOAWAY` whose last stream id is below this stream's (h2 fails
-/// exactly those streams with the remote `GOAWAY` error).
+/// Whether the server's application certainly never saw the request, which
+/// A6 lets the client retry transparently: it never left the client (hyper
+/// dropped it, unsent, when the connection closed), or the server refused
+/// the stream (HTTP/2 `REFUSED_STREAM`, or a graceful `GOAWAY` whose last
+/// stream id is below this stream's: h2 fails exactly those streams with the
+/// remote `GOAWAY` error).
 pub(crate) fn refused_before_processing(error: &(dyn std::error::Error + 'static)) -> bool {
-    error_chain(error)
-        .filter_map(|e| e.downcast_ref::<h2::Error>())
-        .any(|h2| {
-            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR))
-        })
+    error_chain(error).any(|e| {
+        is_unsent_request(e)
+            || e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+                h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h2.is_go_away()
+                        && h2.is_remote()
+                        && h2.reason() == Some(h2::Reason::NO_ERROR))
+            })
+    })
 }
 
 fn error_chain<'a>(
@@ -194,7 +218,9 @@ mod tests {
     fn normal_headers_commit() {
         assert_eq!(
             classify_response(&response(200, None)),
-            ResponseKind::Commit
+            ResponseKind::Commit {
+                trailers_only: false
+            }
         );
     }
 

@@ -124,10 +124,22 @@ pub fn hedging_layer(delay: Duration) -> RetryLayer {
 }
 
 /// Runs both modes and prints a table; returns (without, with).
-pub async fn compare(server: &TestServer, channel: &Channel, calls: usize) -> (TailReport, TailReport) {
+pub async fn compare(
+    server: &TestServer,
+    channel: &Channel,
+    calls: usize,
+) -> (TailReport, TailReport) {
     let without = run(server, channel, None, calls, 42, "nohedge").await;
     let delay = hedging_delay(&without);
-    let with = run(server, channel, Some(hedging_layer(delay)), calls, 42, "hedge").await;
+    let with = run(
+        server,
+        channel,
+        Some(hedging_layer(delay)),
+        calls,
+        42,
+        "hedge",
+    )
+    .await;
     println!(
         "{:<32} {:>9} {:>9} {:>10} {:>7}",
         "", "p50 ms", "p99 ms", "p99.9 ms", "load"
