@@ -23,17 +23,19 @@
 //!     is copied for replay. Median over interleaved repetitions.
 //!
 //! (b) 10,000 calls in flight (1 KiB payload each, server delays each
-//!     attempt 200 ms, no retry), three ways: the raw `Channel`; the layer
-//!     with its default channel-wide replay cap (16 MiB, above the ~10 MB
-//!     those calls send, so all of them are buffered); and the layer with a
-//!     4 MiB cap (below it). For each: the client's live-bytes high-water
+//!     attempt 200 ms, no retry), four ways: the raw `Channel`; the layer
+//!     with `replay_limit(0)`, which records nothing (its per-call state
+//!     alone); the layer with its default channel-wide replay cap (16 MiB,
+//!     above the ~10 MB those calls send); and the layer with a 4 MiB cap
+//!     (below it). For each: the client's live-bytes high-water
 //!     mark (real memory), and for the layers the peak of
 //!     `RetryLayer::buffered_bytes()` (what the cap accounts), sampled every
 //!     millisecond. The bench asserts that the sampled peak never passes
 //!     `RetryLayer::buffer_limit()`.
 //!
-//!     Live bytes above raw are what the layer really holds. They are
-//!     compared with the accounted bytes because a recorded chunk is a
+//!     Live bytes above the `replay_limit(0)` layer are what the replay
+//!     buffers really hold. They are compared with the accounted bytes
+//!     because a recorded chunk is a
 //!     `Bytes` that shares the allocation it was split from: tonic encodes
 //!     each message into an 8 KiB buffer, so a 1 KiB message held for replay
 //!     can keep the whole 8 KiB alive.
@@ -83,6 +85,9 @@ struct Clients {
     layered: EchoClient<Retry<Channel>>,
     /// Through a layer whose channel-wide cap is below what (b) sends.
     capped: EchoClient<Retry<Channel>>,
+    /// Through a layer that records nothing (`replay_limit(0)`): the layer's
+    /// per-call state without any replay buffer.
+    unbuffered: EchoClient<Retry<Channel>>,
 }
 
 /// (a): median over `reps` of (layered retried call − raw single call)
@@ -272,9 +277,16 @@ fn main() {
             .build()
             .expect("policy");
         let layer = RetryLayer::new(policy.clone());
-        let capped_layer = RetryLayer::builder(policy)
+        let capped_layer = RetryLayer::builder(policy.clone())
             .buffer_limit(CAPPED_LIMIT)
             .build();
+        let unbuffered_layer = RetryLayer::new(
+            RetryPolicy::builder()
+                .max_attempts(4)
+                .replay_limit(0)
+                .build()
+                .expect("policy"),
+        );
         let mut clients = Clients {
             raw: EchoClient::new(channel.clone())
                 .max_decoding_message_size(4 * MIB)
@@ -282,7 +294,8 @@ fn main() {
             layered: EchoClient::new(layer.layer(channel.clone()))
                 .max_decoding_message_size(4 * MIB)
                 .max_encoding_message_size(4 * MIB),
-            capped: EchoClient::new(capped_layer.layer(channel)),
+            capped: EchoClient::new(capped_layer.layer(channel.clone())),
+            unbuffered: EchoClient::new(unbuffered_layer.layer(channel)),
         };
 
         // (a)
@@ -310,37 +323,46 @@ fn main() {
         let mut raw_runs = Vec::new();
         let mut layer_runs = Vec::new();
         let mut capped_runs = Vec::new();
+        let mut unbuffered_runs = Vec::new();
         for _ in 0..in_flight_reps {
             raw_runs.push(in_flight(&clients.raw, None).await);
             layer_runs.push(in_flight(&clients.layered, Some(&layer)).await);
             capped_runs.push(in_flight(&clients.capped, Some(&capped_layer)).await);
+            unbuffered_runs.push(in_flight(&clients.unbuffered, Some(&unbuffered_layer)).await);
         }
         let raw = median_of(&raw_runs).peak_live;
         let full = median_of(&layer_runs);
         let capped = median_of(&capped_runs);
-        let sent = (IN_FLIGHT * (IN_FLIGHT_PAYLOAD + 8)) as f64; // + frame prefix and tags
+        let unbuffered = median_of(&unbuffered_runs).peak_live;
+        let in_flight_encoded = IN_FLIGHT_PAYLOAD + 3 + 5; // protobuf tag and length, gRPC frame prefix
         let mib = |b: f64| b / MIB as f64;
         println!();
         println!(
-            "(b) {IN_FLIGHT} calls in flight ({IN_FLIGHT_PAYLOAD}-byte payloads, 200 ms server delay, \
-             {:.1} MiB of encoded requests; median of {in_flight_reps}):",
-            mib(sent)
+            "(b) {IN_FLIGHT} calls in flight ({in_flight_encoded}-byte encoded requests, {:.1} MiB in all; \
+             200 ms server delay; median of {in_flight_reps}), client live-bytes high-water marks:",
+            mib((IN_FLIGHT * in_flight_encoded) as f64)
         );
-        println!("    raw channel:       peak live {:.1} MiB", mib(raw));
+        println!("    raw channel:                 {:6.1} MiB", mib(raw));
+        println!(
+            "    layer, replay_limit(0):      {:6.1} MiB  (+{:.1} MiB over raw = {:.0} bytes of per-call state)",
+            mib(unbuffered),
+            mib(unbuffered - raw),
+            (unbuffered - raw) / IN_FLIGHT as f64
+        );
         for (name, run, limit) in [
-            ("layer, 16 MiB cap", full, layer.buffer_limit()),
-            ("layer,  4 MiB cap", capped, capped_layer.buffer_limit()),
+            ("layer, 16 MiB cap (default)", full, layer.buffer_limit()),
+            ("layer, 4 MiB cap", capped, capped_layer.buffer_limit()),
         ] {
-            let extra = run.peak_live - raw;
+            let held = run.peak_live - unbuffered;
             println!(
-                "    {name}: peak live {:.1} MiB, {:.1} MiB above raw ({:.0} bytes per call); \
-                 peak buffered_bytes() {:.2} MiB (limit {:.0} MiB) -> real memory held {:.1} x the accounted bytes",
+                "    {name:<28} {:6.1} MiB  (+{:.1} MiB over replay_limit(0)); peak buffered_bytes() {:.2} MiB \
+                 = {:.0} requests (cap {:.0} MiB): memory held {:.1} x the bytes accounted",
                 mib(run.peak_live),
-                mib(extra),
-                extra / IN_FLIGHT as f64,
+                mib(held),
                 mib(run.peak_buffered),
+                run.peak_buffered / in_flight_encoded as f64,
                 mib(limit as f64),
-                extra / run.peak_buffered.max(1.0),
+                held / run.peak_buffered.max(1.0),
             );
         }
 
@@ -350,21 +372,29 @@ fn main() {
         common::result("replay_bytes_per_retried_call_1b_payload", small);
         common::result("replay_bytes_size_dependent", big - small);
         common::result("replay_peak_live_bytes_raw", raw);
+        common::result("replay_peak_live_bytes_layer_no_replay", unbuffered);
         common::result("replay_peak_live_bytes_layer", full.peak_live);
-        common::result("replay_peak_extra_bytes", full.peak_live - raw);
         common::result(
-            "replay_peak_extra_bytes_per_in_flight_call",
-            (full.peak_live - raw) / IN_FLIGHT as f64,
+            "replay_per_call_state_bytes",
+            (unbuffered - raw) / IN_FLIGHT as f64,
         );
         common::result("replay_peak_buffered_bytes", full.peak_buffered);
+        common::result("replay_peak_buffer_memory_bytes", full.peak_live - unbuffered);
+        common::result(
+            "replay_buffer_memory_vs_accounted",
+            (full.peak_live - unbuffered) / full.peak_buffered.max(1.0),
+        );
         common::result("replay_buffer_limit", layer.buffer_limit() as f64);
         common::result("replay_capped_peak_live_bytes", capped.peak_live);
-        common::result("replay_capped_peak_extra_bytes", capped.peak_live - raw);
         common::result("replay_capped_peak_buffered_bytes", capped.peak_buffered);
         common::result("replay_capped_buffer_limit", capped_layer.buffer_limit() as f64);
         common::result(
             "replay_capped_peak_buffered_vs_limit",
             capped.peak_buffered / capped_layer.buffer_limit() as f64,
+        );
+        common::result(
+            "replay_capped_buffer_memory_vs_accounted",
+            (capped.peak_live - unbuffered) / capped.peak_buffered.max(1.0),
         );
     });
     drop(server);

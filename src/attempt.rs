@@ -144,17 +144,7 @@ impl<'a> Call<'a> {
         S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
         S::Error: Into<BoxError>,
     {
-        let (parts, body) = request.into_parts();
-        let replay = Replay::with_cap(
-            body,
-            self.policy.retry.replay_limit,
-            self.state.buffer_cap.clone(),
-        );
-        if let Some(budget) = &self.state.budget {
-            budget.deposit();
-        }
-        let template = RequestTemplate::new(&parts);
-        let mut first_parts = Some(parts);
+        let (replay, mut heads) = self.begin(request);
         let mut ready = first_ready.map(|()| true);
         let mut attempt: u32 = 0;
         let mut transparent_retry_used = false;
@@ -162,13 +152,7 @@ impl<'a> Call<'a> {
         loop {
             attempt += 1;
             self.metrics.attempt_started();
-            let mut parts = first_parts.take().unwrap_or_else(|| template.parts());
-            if attempt > 1 {
-                parts
-                    .headers
-                    .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
-            }
-            let attempt_deadline = self.attempt_deadline(&mut parts.headers);
+            let (parts, attempt_deadline) = heads.next(attempt, &self);
             let request = http::Request::from_parts(parts, Body::new(replay.body()));
 
             let attempt_span = debug_span!(
@@ -275,10 +259,30 @@ impl<'a> Call<'a> {
         }
     }
 
+    /// Splits the caller's request into what every attempt shares: the
+    /// replay buffer for its body (reserving from the layer's cap) and the
+    /// heads. The call counts once toward the retry budget.
+    pub(crate) fn begin(&self, request: http::Request<Body>) -> (Replay<Body>, RequestHeads) {
+        let (parts, body) = request.into_parts();
+        let replay = Replay::with_cap(
+            body,
+            self.policy.retry.replay_limit,
+            self.state.buffer_cap.clone(),
+        );
+        if let Some(budget) = &self.state.budget {
+            budget.deposit();
+        }
+        let heads = RequestHeads {
+            template: RequestTemplate::new(&parts),
+            first: Some(parts),
+        };
+        (replay, heads)
+    }
+
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
     /// The clock is read only when the call has a deadline or per-attempt
     /// timeout.
-    pub(crate) fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
+    fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
         let per_attempt = self.policy.retry.per_attempt_timeout;
         if self.deadline.is_none() && per_attempt.is_none() {
             return None;
@@ -560,9 +564,30 @@ pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     }
 }
 
+/// Each attempt's request head: the caller's own for the first attempt,
+/// copies of it for the others, with the attempt's metadata written in.
+pub(crate) struct RequestHeads {
+    template: RequestTemplate,
+    first: Option<Parts>,
+}
+
+impl RequestHeads {
+    /// The head of attempt `n` (1-based) and when that attempt must end.
+    pub(crate) fn next(&mut self, n: u32, call: &Call<'_>) -> (Parts, Option<Instant>) {
+        let mut parts = self.first.take().unwrap_or_else(|| self.template.parts());
+        if n > 1 {
+            parts
+                .headers
+                .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(n - 1));
+        }
+        let deadline = call.attempt_deadline(&mut parts.headers);
+        (parts, deadline)
+    }
+}
+
 /// What is needed to rebuild the request head for a retry, since the inner
 /// service consumes each attempt's request.
-pub(crate) struct RequestTemplate {
+struct RequestTemplate {
     method: Method,
     uri: Uri,
     version: Version,
@@ -571,7 +596,7 @@ pub(crate) struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    pub(crate) fn new(parts: &Parts) -> Self {
+    fn new(parts: &Parts) -> Self {
         RequestTemplate {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -581,7 +606,7 @@ impl RequestTemplate {
         }
     }
 
-    pub(crate) fn parts(&self) -> Parts {
+    fn parts(&self) -> Parts {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();

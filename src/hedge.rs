@@ -18,7 +18,6 @@
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::HeaderValue;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -27,8 +26,7 @@ use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{
-    Call, Failure, GRPC_PREVIOUS_RPC_ATTEMPTS, Outcome, RequestTemplate, cancelled,
-    cancelled_status, outcome, send, sleep_until,
+    Call, Failure, Outcome, cancelled, cancelled_status, outcome, send, sleep_until,
 };
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
@@ -48,34 +46,19 @@ impl Call<'_> {
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
     {
-        let (parts, body) = request.into_parts();
-        let replay = Replay::with_cap(
-            body,
-            self.policy.retry.replay_limit,
-            self.state.buffer_cap.clone(),
-        );
-        if let Some(budget) = &self.state.budget {
-            budget.deposit();
-        }
-        let template = RequestTemplate::new(&parts);
-        let mut first_parts = Some(parts);
+        let (replay, mut heads) = self.begin(request);
         // Hedges after the first need their own service (each is readied
         // separately); the first uses the one `poll_ready` readied.
         let spare = inner.clone();
         let mut first_service = Some((inner, first_ready.map(|()| true)));
 
         let mut in_flight = FuturesUnordered::new();
-        // The closure owns `spare` and `first_service` (a service need not be
-        // `Sync`) and borrows the replay buffer and the template.
-        let (replay_ref, template_ref) = (&replay, &template);
+        // The closure owns `spare`, `first_service` and the heads (a service
+        // need not be `Sync`) and borrows the replay buffer.
+        let replay_ref = &replay;
         let mut launch = move |n: u32, this: &Call<'_>| {
-            let mut parts = first_parts.take().unwrap_or_else(|| template_ref.parts());
-            if n > 1 {
-                parts
-                    .headers
-                    .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(n - 1));
-            }
-            this.attempt_deadline(&mut parts.headers);
+            // The call's deadline covers every hedge; `grpc-timeout` carries it.
+            let (parts, _) = heads.next(n, this);
             let request = http::Request::from_parts(parts, Body::new(replay_ref.body()));
             let (mut service, ready) = first_service
                 .take()

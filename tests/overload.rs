@@ -321,13 +321,7 @@ async fn per_call_options_narrow_the_policy() {
 
 #[tokio::test]
 async fn a_non_idempotent_call_is_retried_when_it_never_reached_the_server() {
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let (addr, channel) = refused_address();
     let policy = RetryPolicy::builder()
         .initial_backoff(Duration::from_millis(100))
         .max_backoff(Duration::from_millis(300))

@@ -259,13 +259,12 @@ async fn per_attempt_timeout_counts_as_deadline_exceeded_and_is_retried() {
     let attempts = server.attempts("c");
     assert!(attempts[0].grpc_timeout_parsed.unwrap() <= Duration::from_millis(100));
     // The slow attempt was abandoned, and the server saw its stream reset.
-    tokio::time::timeout(Duration::from_secs(2), async {
-        while !server.attempts("c")[0].cancelled {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the timed-out attempt is cancelled at the server");
+    eventually(
+        Duration::from_secs(2),
+        "the timed-out attempt is cancelled at the server",
+        || server.attempts("c")[0].cancelled,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -299,8 +298,9 @@ async fn dropping_the_call_mid_backoff_stops_it_and_leaves_nothing_behind() {
         .unary(scripted("warm", &[FaultAction::ok()]))
         .await
         .unwrap();
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let baseline = metrics.num_alive_tasks();
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
 
     // A client stream whose sender tells us when the layer drops the body.
     let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(4);
@@ -324,13 +324,7 @@ async fn dropping_the_call_mid_backoff_stops_it_and_leaves_nothing_behind() {
         .expect("the request body (and its replay buffer) was dropped");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(server.attempts("c").len(), 1, "no retry after the drop");
-    tokio::time::timeout(Duration::from_secs(2), async {
-        while metrics.num_alive_tasks() > baseline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("no task outlives the call");
+    no_task_outlives_the_call(baseline).await;
 }
 
 #[tokio::test]
@@ -351,13 +345,12 @@ async fn a_cancellation_token_ends_the_call_with_cancelled() {
 
     assert_eq!(status.code(), Code::Cancelled);
     assert!(start.elapsed() < Duration::from_secs(2));
-    tokio::time::timeout(Duration::from_secs(2), async {
-        while !server.attempts("c")[0].cancelled {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the in-flight attempt is reset at the server");
+    eventually(
+        Duration::from_secs(2),
+        "the in-flight attempt is reset at the server",
+        || server.attempts("c")[0].cancelled,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -504,13 +497,7 @@ async fn a_request_over_the_replay_limit_is_sent_but_not_retried() {
 #[tokio::test]
 async fn connection_refused_is_retried_until_the_server_comes_up() {
     // Find a free port, then leave it closed so connections are refused.
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let (addr, channel) = refused_address();
     let policy = RetryPolicy::builder()
         .max_attempts(5)
         .initial_backoff(Duration::from_millis(100))
@@ -544,13 +531,7 @@ async fn connection_refused_is_retried_until_the_server_comes_up() {
 
 #[tokio::test]
 async fn connection_refused_exhausted_surfaces_unavailable() {
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let (_, channel) = refused_address();
     let mut client = client_over(channel, fast_policy().max_attempts(3).build().unwrap());
     let status = client
         .unary(tonic::Request::new(EchoRequest::default()))

@@ -64,3 +64,38 @@ pub fn previous_attempts(metadata: &tonic::metadata::MetadataMap) -> Option<Stri
         .get("grpc-previous-rpc-attempts")
         .map(|v| v.to_str().unwrap().to_owned())
 }
+
+/// An address on 127.0.0.1 where nothing listens (connections are refused),
+/// and a lazy channel to it.
+pub fn refused_address() -> (std::net::SocketAddr, Channel) {
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    (addr, channel)
+}
+
+/// Polls `condition` every 5 ms until it holds, failing with `what` after
+/// `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(limit, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Waits until the runtime has no more live tasks than `baseline`: nothing
+/// a dropped call started outlives it.
+pub async fn no_task_outlives_the_call(baseline: usize) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    eventually(Duration::from_secs(2), "no task outlives the call", || {
+        metrics.num_alive_tasks() <= baseline
+    })
+    .await;
+}
