@@ -17,9 +17,9 @@
 //! 4. The final result is surfaced unchanged, with the number of previous
 //!    attempts added as `grpc-previous-rpc-attempts` metadata.
 
-use std::time::Duration;
-
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Uri, Version, header::HeaderName};
@@ -585,6 +585,45 @@ impl RequestHeads {
     }
 }
 
+thread_local! {
+    /// Emptied header maps from finished calls. Every call keeps a copy of
+    /// its headers in case it is retried; filling a reused map copies only
+    /// reference-counted names and values, so on the happy path keeping the
+    /// copy allocates nothing once the pool is warm.
+    static HEADER_POOL: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Maps kept per thread, and the largest map worth keeping.
+const HEADER_POOL_SIZE: usize = 32;
+const HEADER_POOL_MAX_ENTRIES: usize = 64;
+
+/// A copy of `headers` in a map from the pool (or a new one).
+fn pooled_copy(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HEADER_POOL
+        .try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    for (name, value) in headers {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
+}
+
+/// Returns a map to the pool, emptied, if it is small enough to keep.
+fn recycle(mut headers: HeaderMap) {
+    if headers.capacity() > HEADER_POOL_MAX_ENTRIES {
+        return;
+    }
+    headers.clear();
+    let _ = HEADER_POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < HEADER_POOL_SIZE {
+            pool.push(headers);
+        }
+    });
+}
+
 /// What is needed to rebuild the request head for a retry, since the inner
 /// service consumes each attempt's request.
 struct RequestTemplate {
@@ -601,11 +640,12 @@ impl RequestTemplate {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: pooled_copy(&parts.headers),
             extensions: parts.extensions.clone(),
         }
     }
 
+    /// A new head for a retry (allocating: only retries pay for it).
     fn parts(&self) -> Parts {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = self.method.clone();
@@ -614,5 +654,40 @@ impl RequestTemplate {
         parts.headers = self.headers.clone();
         parts.extensions = self.extensions.clone();
         parts
+    }
+}
+
+impl Drop for RequestTemplate {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.headers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_copies_keep_every_value_in_order() {
+        let mut original = HeaderMap::new();
+        original.append("x-a", HeaderValue::from_static("1"));
+        original.append("x-a", HeaderValue::from_static("2"));
+        original.insert("te", HeaderValue::from_static("trailers"));
+        for _ in 0..3 {
+            let copy = pooled_copy(&original);
+            assert_eq!(copy, original);
+            recycle(copy);
+        }
+        let mut big = HeaderMap::new();
+        for i in 0..200 {
+            big.insert(
+                http::header::HeaderName::try_from(format!("x-{i}")).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let copy = pooled_copy(&big);
+        assert_eq!(copy, big);
+        recycle(copy); // too large to keep; dropped
+        assert!(HEADER_POOL.with(|p| p.borrow().iter().all(|m| m.is_empty())));
     }
 }

@@ -95,7 +95,7 @@ struct Shared<B> {
     /// The original body, parked while no attempt is reading it.
     source: Option<B>,
     /// The chunks read from the source, while recording is on.
-    chunks: Vec<Bytes>,
+    chunks: Chunks,
     /// How many chunks were read from the source, recorded or not.
     chunks_read: usize,
     buffered_bytes: usize,
@@ -139,7 +139,7 @@ impl<B> Shared<B> {
             self.recording = why;
             // Free the memory (and the layer-wide reservation) now: nothing
             // will replay it.
-            self.chunks = Vec::new();
+            self.chunks = Chunks::default();
             if let Some(cap) = &self.cap {
                 cap.release(self.buffered_bytes);
             }
@@ -157,6 +157,35 @@ impl<B> Shared<B> {
         if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
             self.waiters.push(cx.waker().clone());
         }
+    }
+}
+
+/// Recorded chunks. The first is kept inline: a unary request is one chunk,
+/// so recording it allocates nothing.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push(chunk);
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&Bytes> {
+        match index {
+            0 => self.first.as_ref(),
+            n => self.rest.get(n - 1),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.first.iter().chain(&self.rest)
     }
 }
 
@@ -190,7 +219,7 @@ impl<B> Replay<B> {
         Replay {
             shared: Arc::new(Mutex::new(Shared {
                 source: Some(body),
-                chunks: Vec::new(),
+                chunks: Chunks::default(),
                 chunks_read: 0,
                 buffered_bytes: 0,
                 limit,
@@ -285,7 +314,9 @@ where
                 if shared.recording != Recording::On {
                     return Poll::Ready(Some(Err(ReplayError::Released.into())));
                 }
-                let chunk = shared.chunks[this.position].clone();
+                let Some(chunk) = shared.chunks.get(this.position).cloned() else {
+                    return Poll::Ready(Some(Err(ReplayError::Released.into())));
+                };
                 this.position += 1;
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
@@ -334,8 +365,10 @@ where
         if shared.recording != Recording::On {
             return SizeHint::default();
         }
-        let recorded: u64 = shared.chunks[self.position.min(shared.chunks.len())..]
+        let recorded: u64 = shared
+            .chunks
             .iter()
+            .skip(self.position)
             .map(|c| c.remaining() as u64)
             .sum();
         if shared.source_done {
