@@ -15,8 +15,15 @@
 //! figure is the median over rounds of layer ÷ raw. A third client, a second
 //! raw one, is timed the same way as an A/A control: its ratio to raw shows
 //! how far from 1.000 the method itself lands on this machine.
+//!
+//! `E2E_PROFILE=raw|layer` (with `E2E_PROFILE_CALLS`, default 64,000, and
+//! `E2E_PROFILE_CONCURRENCY`, default 64) runs one side alone, for a
+//! profiler; see BENCHMARKS.md.
 
 mod common;
+
+#[global_allocator]
+static ALLOC: common::CountingAlloc = common::CountingAlloc;
 
 use std::time::{Duration, Instant};
 
@@ -167,8 +174,50 @@ fn main() {
         let control = EchoClient::new(channel.clone());
         let layered = EchoClient::new(RetryLayer::new(RetryPolicy::default()).layer(channel));
 
+        // Profiling mode: one side alone, for callgrind or perf, e.g.
+        // E2E_PROFILE=layer E2E_PROFILE_CALLS=6400 valgrind --tool=callgrind <bench binary>
+        if let Ok(side) = std::env::var("E2E_PROFILE") {
+            let calls = std::env::var("E2E_PROFILE_CALLS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(64_000);
+            let concurrency = std::env::var("E2E_PROFILE_CONCURRENCY")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(64);
+            let elapsed = match side.as_str() {
+                "raw" => batch(&raw, concurrency, calls).await,
+                "layer" => batch(&layered, concurrency, calls).await,
+                other => panic!("E2E_PROFILE: {other:?} is neither raw nor layer"),
+            };
+            println!(
+                "{side}: {calls} calls at concurrency {concurrency}, {:.2} µs/call",
+                elapsed.as_secs_f64() * 1e6 / calls as f64
+            );
+            server.shutdown().await;
+            return;
+        }
+
         let c1 = compare(&raw, &layered, &control, 1, rounds_c1, calls_c1).await;
         let c64 = compare(&raw, &layered, &control, 64, rounds_c64, calls_c64).await;
+
+        // Allocations per call, whole process (client and server alike on
+        // both sides), sequential calls.
+        let counted = if quick { 1_000 } else { 5_000 };
+        let mut allocs = [0.0; 2];
+        let mut bytes = [0.0; 2];
+        for side in [Side::Raw, Side::Layer] {
+            common::count_all_threads();
+            let before = common::snapshot();
+            match side {
+                Side::Raw => batch(&raw, 1, counted).await,
+                _ => batch(&layered, 1, counted).await,
+            };
+            let used = common::snapshot() - before;
+            common::stop_counting();
+            allocs[side as usize] = used.allocs as f64 / counted as f64;
+            bytes[side as usize] = used.bytes as f64 / counted as f64;
+        }
 
         println!();
         for (name, o, calls) in [("c1", &c1, calls_c1), ("c64", &c64, calls_c64)] {
@@ -189,11 +238,17 @@ fn main() {
                 o.control_ratio,
             );
         }
+        println!(
+            "allocations per call (client + server): raw {:.2} ({:.0} bytes), layer {:.2} ({:.0} bytes)",
+            allocs[0], bytes[0], allocs[1], bytes[1]
+        );
         println!();
         common::result("e2e_ratio_c1", c1.ratio);
         common::result("e2e_ratio_c64", c64.ratio);
         common::result("e2e_control_ratio_c1", c1.control_ratio);
         common::result("e2e_control_ratio_c64", c64.control_ratio);
+        common::result("e2e_added_allocs_per_call", allocs[1] - allocs[0]);
+        common::result("e2e_added_alloc_bytes_per_call", bytes[1] - bytes[0]);
         common::result("e2e_raw_us_per_call_c1", c1.raw_us);
         common::result("e2e_layer_us_per_call_c1", c1.layer_us);
         common::result("e2e_raw_us_per_call_c64", c64.raw_us);
