@@ -35,7 +35,7 @@ use crate::BoxError;
 use crate::backoff::Backoff;
 use crate::classify::{self, ResponseKind, code_name};
 use crate::deadline;
-use crate::layer::{CallPolicy, LayerState};
+use crate::layer::{CallPolicy, LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
 use crate::options::CallOptions;
 use crate::policy::DEFAULT_MAX_ATTEMPTS_CAP;
@@ -47,47 +47,12 @@ use crate::replay::Replay;
 pub const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
     HeaderName::from_static("grpc-previous-rpc-attempts");
 
-/// Runs one call to completion. `inner` is ready for the first attempt
-/// unless `first_ready` holds the error its readiness check returned.
-pub(crate) async fn run<S, ResBody>(
-    mut inner: S,
-    first_ready: Result<(), BoxError>,
-    state: Arc<LayerState>,
-    request: http::Request<Body>,
-) -> Result<http::Response<ResBody>, BoxError>
-where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
-    S::Error: Into<BoxError>,
-{
-    let Some(policy) = state.resolve(&request) else {
-        tracing::trace!(
-            method = request.uri().path(),
-            "no retry policy for this method: passing through"
-        );
-        return send(&mut inner, first_ready.map(|()| true), request).await;
-    };
-    let span = debug_span!(
-        "grpc.call",
-        method = request.uri().path(),
-        attempts = field::Empty,
-        outcome = field::Empty,
-    );
-    let hedging = policy.hedging;
-    let call = Call::new(&state, policy, &request, span.clone());
-    match hedging {
-        Some(hedging) => {
-            call.run_hedged(hedging, inner, first_ready, request)
-                .instrument(span)
-                .await
-        }
-        None => call.run(inner, first_ready, request).instrument(span).await,
-    }
-}
-
 /// What one call decides with: its policy and limits, resolved at its start.
-pub(crate) struct Call<'a> {
-    pub(crate) state: &'a LayerState,
-    pub(crate) policy: CallPolicy<'a>,
+/// It owns (a handle on) the layer's state, so it can live in the call's
+/// future.
+pub(crate) struct Call {
+    pub(crate) state: Arc<LayerState>,
+    pub(crate) policy_ref: PolicyRef,
     pub(crate) max_attempts: u32,
     pub(crate) non_idempotent: bool,
     pub(crate) deadline: Option<Instant>,
@@ -97,13 +62,14 @@ pub(crate) struct Call<'a> {
     pub(crate) span: Span,
 }
 
-impl<'a> Call<'a> {
-    fn new(
-        state: &'a LayerState,
-        policy: CallPolicy<'a>,
+impl Call {
+    pub(crate) fn new(
+        state: Arc<LayerState>,
+        policy_ref: PolicyRef,
         request: &http::Request<Body>,
         span: Span,
     ) -> Self {
+        let policy = state.policy(policy_ref);
         let options = request
             .extensions()
             .get::<CallOptions>()
@@ -123,7 +89,7 @@ impl<'a> Call<'a> {
         );
         Call {
             state,
-            policy,
+            policy_ref,
             max_attempts,
             non_idempotent: options.non_idempotent,
             deadline,
@@ -134,39 +100,48 @@ impl<'a> Call<'a> {
         }
     }
 
-    async fn run<S, ResBody>(
+    /// The policy this call resolved to.
+    pub(crate) fn policy(&self) -> CallPolicy<'_> {
+        self.state.policy(self.policy_ref)
+    }
+
+    /// Runs a retried call to completion. `first` is the first attempt,
+    /// already sent on the service `poll_ready` readied (or the error that
+    /// readiness returned); later attempts go out on clones of `service`.
+    pub(crate) async fn run<S, ResBody>(
         mut self,
-        mut inner: S,
-        first_ready: Result<(), BoxError>,
-        request: http::Request<Body>,
+        first: Result<S::Future, BoxError>,
+        first_deadline: Option<Instant>,
+        service: Arc<S>,
+        replay: Replay<Body>,
+        mut heads: RequestHeads,
     ) -> Result<http::Response<ResBody>, BoxError>
     where
-        S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
+        S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
     {
-        let (replay, mut heads) = self.begin(request);
-        let mut ready = first_ready.map(|()| true);
+        let mut first = Some(first);
         let mut attempt: u32 = 0;
         let mut transparent_retry_used = false;
 
         loop {
             attempt += 1;
             self.metrics.attempt_started();
-            let (parts, attempt_deadline) = heads.next(attempt, &self);
-            let request = http::Request::from_parts(parts, Body::new(replay.body()));
-
+            let (sending, attempt_deadline) = match first.take() {
+                Some(first) => (Sending::First(first), first_deadline),
+                None => {
+                    let (parts, deadline) = heads.next(attempt, &self);
+                    let request = http::Request::from_parts(parts, Body::new(replay.body()));
+                    (Sending::Later(service.clone(), Box::new(request)), deadline)
+                }
+            };
             let attempt_span = debug_span!(
                 "grpc.attempt",
                 attempt,
                 code = field::Empty,
                 backoff_ms = field::Empty
             );
-            let send = send(
-                &mut inner,
-                std::mem::replace(&mut ready, Ok(false)),
-                request,
-            )
-            .instrument(attempt_span.clone());
+            let send = sending.send().instrument(attempt_span.clone());
             let result = tokio::select! {
                 biased;
                 () = cancelled(self.cancel.as_ref()) => {
@@ -186,7 +161,7 @@ impl<'a> Call<'a> {
                 Err(AttemptError::TimedOut) => Failure::Status {
                     status: Status::deadline_exceeded(format!(
                         "per-attempt timeout of {:?} expired",
-                        self.policy.retry.per_attempt_timeout.unwrap_or_default()
+                        self.policy().retry.per_attempt_timeout.unwrap_or_default()
                     )),
                     never_sent: false,
                 },
@@ -266,7 +241,7 @@ impl<'a> Call<'a> {
         let (parts, body) = request.into_parts();
         let replay = Replay::with_cap(
             body,
-            self.policy.retry.replay_limit,
+            self.policy().retry.replay_limit,
             self.state.buffer_cap.clone(),
         );
         if let Some(budget) = &self.state.budget {
@@ -283,7 +258,7 @@ impl<'a> Call<'a> {
     /// The clock is read only when the call has a deadline or per-attempt
     /// timeout.
     fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
-        let per_attempt = self.policy.retry.per_attempt_timeout;
+        let per_attempt = self.policy().retry.per_attempt_timeout;
         if self.deadline.is_none() && per_attempt.is_none() {
             return None;
         }
@@ -306,7 +281,7 @@ impl<'a> Call<'a> {
     ) -> Verdict {
         let code = failure.code();
         let headers = failure.headers();
-        let retryable = self.policy.retry.is_retryable(code, headers);
+        let retryable = self.policy().retry.is_retryable(code, headers);
         let pushback = failure.pushback();
         let throttled = match &self.state.throttle {
             Some(throttle) if retryable || pushback == Pushback::Stop => !throttle.record_failure(),
@@ -341,7 +316,7 @@ impl<'a> Call<'a> {
         }
         let server_delay = match pushback {
             Pushback::RetryAfter(delay) => Some(delay),
-            _ if self.policy.retry.use_retry_info => pushback::retry_info_delay(headers),
+            _ if self.policy().retry.use_retry_info => pushback::retry_info_delay(headers),
             _ => None,
         };
         match server_delay {
@@ -350,7 +325,10 @@ impl<'a> Call<'a> {
                 self.backoff.reset();
                 Verdict::RetryAfter(delay)
             }
-            None => Verdict::RetryAfter(self.backoff.next_delay(self.policy.retry)),
+            None => {
+                let policy = self.state.policy(self.policy_ref).retry;
+                Verdict::RetryAfter(self.backoff.next_delay(policy))
+            }
         }
     }
 
@@ -391,6 +369,32 @@ impl<'a> Call<'a> {
 pub(crate) enum Verdict {
     RetryAfter(Duration),
     Final(&'static str),
+}
+
+/// One attempt of a retried call, to be awaited.
+enum Sending<S: Service<http::Request<Body>>> {
+    /// The first attempt: already sent in `Retry::call`.
+    First(Result<S::Future, BoxError>),
+    /// A retry: a clone of the service (retries alone pay for it) and the
+    /// request, boxed to keep every call's future small.
+    Later(Arc<S>, Box<http::Request<Body>>),
+}
+
+impl<S, ResBody> Sending<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    async fn send(self) -> Result<http::Response<ResBody>, BoxError> {
+        match self {
+            Sending::First(Ok(response)) => response.await.map_err(Into::into),
+            Sending::First(Err(error)) => Err(error),
+            Sending::Later(service, request) => {
+                let mut service = S::clone(&service);
+                send(&mut service, Ok(false), *request).await
+            }
+        }
+    }
 }
 
 /// Readies the inner service if needed, then sends one attempt.
@@ -510,7 +514,7 @@ impl<ResBody> Failure<ResBody> {
 
     pub(crate) fn surface(
         self,
-        call: &Call<'_>,
+        call: &Call,
         attempt: u32,
     ) -> Result<http::Response<ResBody>, BoxError> {
         match self {
@@ -573,7 +577,7 @@ pub(crate) struct RequestHeads {
 
 impl RequestHeads {
     /// The head of attempt `n` (1-based) and when that attempt must end.
-    pub(crate) fn next(&mut self, n: u32, call: &Call<'_>) -> (Parts, Option<Instant>) {
+    pub(crate) fn next(&mut self, n: u32, call: &Call) -> (Parts, Option<Instant>) {
         let mut parts = self.first.take().unwrap_or_else(|| self.template.parts());
         if n > 1 {
             parts
@@ -586,32 +590,33 @@ impl RequestHeads {
 }
 
 thread_local! {
-    /// Emptied header maps from finished calls. Every call keeps a copy of
-    /// its headers in case it is retried; filling a reused map copies only
-    /// reference-counted names and values, so on the happy path keeping the
-    /// copy allocates nothing once the pool is warm.
-    static HEADER_POOL: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    /// Emptied header lists from finished calls. Every call keeps a copy of
+    /// its headers in case it is retried. Copying into a reused list clones
+    /// only reference-counted (or static) names and values and hashes
+    /// nothing, so on the happy path keeping the copy allocates nothing once
+    /// the pool is warm; a `HeaderMap` is built only for a retry.
+    static HEADER_POOL: RefCell<Vec<SavedHeaders>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Maps kept per thread, and the largest map worth keeping.
+type SavedHeaders = Vec<(HeaderName, HeaderValue)>;
+
+/// Lists kept per thread, and the longest list worth keeping.
 const HEADER_POOL_SIZE: usize = 32;
 const HEADER_POOL_MAX_ENTRIES: usize = 64;
 
-/// A copy of `headers` in a map from the pool (or a new one).
-fn pooled_copy(headers: &HeaderMap) -> HeaderMap {
+/// A copy of `headers` in a list from the pool (or a new one).
+fn pooled_copy(headers: &HeaderMap) -> SavedHeaders {
     let mut copy = HEADER_POOL
         .try_with(|pool| pool.borrow_mut().pop())
         .ok()
         .flatten()
         .unwrap_or_default();
-    for (name, value) in headers {
-        copy.append(name.clone(), value.clone());
-    }
+    copy.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
     copy
 }
 
-/// Returns a map to the pool, emptied, if it is small enough to keep.
-fn recycle(mut headers: HeaderMap) {
+/// Returns a list to the pool, emptied, if it is small enough to keep.
+fn recycle(mut headers: SavedHeaders) {
     if headers.capacity() > HEADER_POOL_MAX_ENTRIES {
         return;
     }
@@ -624,14 +629,49 @@ fn recycle(mut headers: HeaderMap) {
     });
 }
 
+/// The request's extensions, kept for retries. tonic's generated clients
+/// put exactly one, `GrpcMethod`, into every request; keeping just that
+/// value avoids cloning the extension map (three allocations) per call.
+enum SavedExtensions {
+    Empty,
+    GrpcMethod(tonic::GrpcMethod<'static>),
+    Other(Extensions),
+}
+
+impl SavedExtensions {
+    fn new(extensions: &Extensions) -> Self {
+        if extensions.is_empty() {
+            return SavedExtensions::Empty;
+        }
+        if extensions.len() == 1
+            && let Some(method) = extensions.get::<tonic::GrpcMethod<'static>>()
+        {
+            return SavedExtensions::GrpcMethod(method.clone());
+        }
+        SavedExtensions::Other(extensions.clone())
+    }
+
+    fn restore(&self) -> Extensions {
+        match self {
+            SavedExtensions::Empty => Extensions::new(),
+            SavedExtensions::GrpcMethod(method) => {
+                let mut extensions = Extensions::new();
+                extensions.insert(method.clone());
+                extensions
+            }
+            SavedExtensions::Other(extensions) => extensions.clone(),
+        }
+    }
+}
+
 /// What is needed to rebuild the request head for a retry, since the inner
 /// service consumes each attempt's request.
 struct RequestTemplate {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
+    headers: SavedHeaders,
+    extensions: SavedExtensions,
 }
 
 impl RequestTemplate {
@@ -641,7 +681,7 @@ impl RequestTemplate {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: pooled_copy(&parts.headers),
-            extensions: parts.extensions.clone(),
+            extensions: SavedExtensions::new(&parts.extensions),
         }
     }
 
@@ -651,8 +691,11 @@ impl RequestTemplate {
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        parts.headers = self.headers.clone();
-        parts.extensions = self.extensions.clone();
+        parts.headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            parts.headers.append(name.clone(), value.clone());
+        }
+        parts.extensions = self.extensions.restore();
         parts
     }
 }
@@ -674,9 +717,12 @@ mod tests {
         original.append("x-a", HeaderValue::from_static("2"));
         original.insert("te", HeaderValue::from_static("trailers"));
         for _ in 0..3 {
-            let copy = pooled_copy(&original);
-            assert_eq!(copy, original);
-            recycle(copy);
+            let template = RequestTemplate::new(&{
+                let (mut parts, ()) = http::Request::new(()).into_parts();
+                parts.headers = original.clone();
+                parts
+            });
+            assert_eq!(template.parts().headers, original);
         }
         let mut big = HeaderMap::new();
         for i in 0..200 {
@@ -686,8 +732,38 @@ mod tests {
             );
         }
         let copy = pooled_copy(&big);
-        assert_eq!(copy, big);
+        assert_eq!(copy.len(), 200);
         recycle(copy); // too large to keep; dropped
-        assert!(HEADER_POOL.with(|p| p.borrow().iter().all(|m| m.is_empty())));
+        assert!(HEADER_POOL.with(|p| {
+            p.borrow()
+                .iter()
+                .all(|m| m.is_empty() && m.capacity() <= 64)
+        }));
+    }
+
+    #[test]
+    fn extensions_survive_for_retries() {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts
+            .extensions
+            .insert(tonic::GrpcMethod::new("pkg.Svc", "M"));
+        let template = RequestTemplate::new(&parts);
+        assert!(matches!(
+            template.extensions,
+            SavedExtensions::GrpcMethod(_)
+        ));
+        let restored = template.parts().extensions;
+        let method = restored.get::<tonic::GrpcMethod<'static>>().unwrap();
+        assert_eq!((method.service(), method.method()), ("pkg.Svc", "M"));
+
+        parts.extensions.insert(CallOptions::new().max_attempts(2));
+        let template = RequestTemplate::new(&parts);
+        assert!(matches!(template.extensions, SavedExtensions::Other(_)));
+        let restored = template.parts().extensions;
+        assert!(restored.get::<tonic::GrpcMethod<'static>>().is_some());
+        assert_eq!(
+            restored.get::<CallOptions>(),
+            Some(&CallOptions::new().max_attempts(2))
+        );
     }
 }

@@ -33,11 +33,10 @@ use crate::config::HedgingPolicy;
 use crate::pushback::Pushback;
 use crate::replay::Replay;
 
-impl Call<'_> {
+impl Call {
     /// Runs a hedged call to completion.
     pub(crate) async fn run_hedged<S, ResBody>(
         mut self,
-        hedging: &HedgingPolicy,
         inner: S,
         first_ready: Result<(), BoxError>,
         request: http::Request<Body>,
@@ -46,6 +45,12 @@ impl Call<'_> {
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
     {
+        // Copied out: the loop below updates `self` while it reads these.
+        let hedging = self.policy().hedging.cloned().unwrap_or(HedgingPolicy {
+            max_attempts: 1,
+            hedging_delay: std::time::Duration::ZERO,
+            non_fatal_codes: crate::CodeSet::EMPTY,
+        });
         let (replay, mut heads) = self.begin(request);
         // Hedges after the first need their own service (each is readied
         // separately); the first uses the one `poll_ready` readied.
@@ -56,7 +61,7 @@ impl Call<'_> {
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
         let replay_ref = &replay;
-        let mut launch = move |n: u32, this: &Call<'_>| {
+        let mut launch = move |n: u32, this: &Call| {
             // The call's deadline covers every hedge; `grpc-timeout` carries it.
             let (parts, _) = heads.next(n, this);
             let request = http::Request::from_parts(parts, Body::new(replay_ref.body()));

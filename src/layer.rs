@@ -71,30 +71,66 @@ pub(crate) struct CallPolicy<'a> {
     pub(crate) config_timeout: Option<Duration>,
 }
 
+/// Which of a layer's policies a call uses: cheap to copy into the call's
+/// future, which owns the layer state it points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyRef {
+    Fixed,
+    FixedHedging,
+    /// An index into the service config's method configs.
+    Config(usize),
+}
+
 impl LayerState {
-    /// The policy for a call to `/service/method`, or `None` when a service
-    /// config has no entry for it (the call then passes straight through).
-    pub(crate) fn resolve<B>(&self, request: &http::Request<B>) -> Option<CallPolicy<'_>> {
+    /// Which policy applies to a call to `/service/method`, or `None` when a
+    /// service config has no entry for it (the call then passes straight
+    /// through). Allocates nothing.
+    pub(crate) fn resolve<B>(&self, request: &http::Request<B>) -> Option<PolicyRef> {
         match &self.policies {
-            Policies::Fixed(policy) => Some(CallPolicy {
-                retry: policy,
-                hedging: None,
-                config_timeout: None,
-            }),
-            Policies::FixedHedging(hedging) => Some(CallPolicy {
-                retry: &self.no_retries,
-                hedging: Some(hedging),
-                config_timeout: None,
-            }),
+            Policies::Fixed(_) => Some(PolicyRef::Fixed),
+            Policies::FixedHedging(_) => Some(PolicyRef::FixedHedging),
             Policies::Config(config) => {
                 let (service, method) = service_and_method(request);
                 let found = config.method_config(service, method)?;
-                Some(CallPolicy {
+                let index = config
+                    .method_configs()
+                    .iter()
+                    .position(|candidate| std::ptr::eq(candidate, found))?;
+                Some(PolicyRef::Config(index))
+            }
+        }
+    }
+
+    /// The policy `resolve` pointed to.
+    pub(crate) fn policy(&self, policy: PolicyRef) -> CallPolicy<'_> {
+        match (policy, &self.policies) {
+            (PolicyRef::Fixed, Policies::Fixed(retry)) => CallPolicy {
+                retry,
+                hedging: None,
+                config_timeout: None,
+            },
+            (PolicyRef::FixedHedging, Policies::FixedHedging(hedging)) => CallPolicy {
+                retry: &self.no_retries,
+                hedging: Some(hedging),
+                config_timeout: None,
+            },
+            (PolicyRef::Config(index), Policies::Config(config))
+                if index < config.method_configs().len() =>
+            {
+                let found = &config.method_configs()[index];
+                CallPolicy {
                     retry: found.retry.as_ref().unwrap_or(&self.no_retries),
                     hedging: found.hedging.as_ref(),
                     config_timeout: found.timeout,
-                })
+                }
             }
+            // A PolicyRef only ever comes from this layer's own `resolve`;
+            // should that ever break, fail safe: no retries.
+            _ => CallPolicy {
+                retry: &self.no_retries,
+                hedging: None,
+                config_timeout: None,
+            },
         }
     }
 }
@@ -209,7 +245,7 @@ impl fmt::Debug for RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
@@ -337,10 +373,10 @@ mod tests {
             .unwrap();
         let layer = RetryLayer::from_service_config(config);
         let state = &layer.state;
-        let p = state.resolve(&request("/a.B/Retry")).unwrap();
+        let p = state.policy(state.resolve(&request("/a.B/Retry")).unwrap());
         assert_eq!(p.retry.max_attempts(), 3);
         assert_eq!(p.config_timeout, None);
-        let p = state.resolve(&request("/a.B/TimeoutOnly")).unwrap();
+        let p = state.policy(state.resolve(&request("/a.B/TimeoutOnly")).unwrap());
         assert_eq!(p.retry.max_attempts(), 1);
         assert_eq!(p.config_timeout, Some(Duration::from_secs(2)));
         assert!(state.resolve(&request("/a.B/Other")).is_none());

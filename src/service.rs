@@ -5,9 +5,10 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tower_service::Service;
+use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt;
+use crate::attempt::Call;
 use crate::future::ResponseFuture;
 use crate::layer::LayerState;
 
@@ -20,6 +21,11 @@ use crate::layer::LayerState;
 /// [`tonic::Status`] values, which the generated client surfaces unchanged.
 pub struct Retry<S> {
     inner: S,
+    /// A clone of the inner service that retries (and hedges) are sent on.
+    /// Sharing it means a call clones the inner service only when it
+    /// actually retries; the first attempt uses `inner`, as a client
+    /// without the layer would.
+    spare: Arc<S>,
     state: Arc<LayerState>,
     /// An error from the inner service's readiness check. It becomes the
     /// first attempt's failure, so the policy sees (and may retry) it instead
@@ -27,15 +33,18 @@ pub struct Retry<S> {
     ready_error: Option<BoxError>,
 }
 
-impl<S> Retry<S> {
+impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
         Retry {
+            spare: Arc::new(inner.clone()),
             inner,
             state,
             ready_error: None,
         }
     }
+}
 
+impl<S> Retry<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -45,7 +54,12 @@ impl<S> Retry<S> {
 impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         // A readiness error belongs to the instance that observed it.
-        Retry::new(self.inner.clone(), self.state.clone())
+        Retry {
+            inner: self.inner.clone(),
+            spare: self.spare.clone(),
+            state: self.state.clone(),
+            ready_error: None,
+        }
     }
 }
 
@@ -59,7 +73,11 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
 
 impl<S, ResBody> Service<http::Request<Body>> for Retry<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
@@ -83,15 +101,54 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // The readied service goes to this call; the clone waits for the next.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let first_ready = self.ready_error.take().map_or(Ok(()), Err);
-        ResponseFuture::new(attempt::run(
-            inner,
-            first_ready,
-            self.state.clone(),
-            request,
-        ))
+        let state = self.state.clone();
+        let Some(policy_ref) = state.resolve(&request) else {
+            tracing::trace!(
+                method = request.uri().path(),
+                "no retry policy for this method: passing through"
+            );
+            let sent = self.send_first(request);
+            return ResponseFuture::new(async move { sent?.await.map_err(Into::into) });
+        };
+        let span = debug_span!(
+            "grpc.call",
+            method = request.uri().path(),
+            attempts = field::Empty,
+            outcome = field::Empty,
+        );
+        let call = Call::new(state, policy_ref, &request, span.clone());
+        if call.policy().hedging.is_some() {
+            // The hedging loop sends every attempt itself: it takes the
+            // readied service and leaves a clone for the next call.
+            let first_ready = self.ready_error.take().map_or(Ok(()), Err);
+            let inner = std::mem::replace(&mut self.inner, S::clone(&self.spare));
+            return ResponseFuture::new(
+                call.run_hedged(inner, first_ready, request)
+                    .instrument(span),
+            );
+        }
+        // The first attempt goes out now, on the service `poll_ready`
+        // readied, exactly as it would without the layer.
+        let (replay, mut heads) = call.begin(request);
+        let (parts, first_deadline) = heads.next(1, &call);
+        let first = self.send_first(http::Request::from_parts(parts, Body::new(replay.body())));
+        ResponseFuture::new(
+            call.run(first, first_deadline, self.spare.clone(), replay, heads)
+                .instrument(span),
+        )
+    }
+}
+
+impl<S> Retry<S>
+where
+    S: Service<http::Request<Body>>,
+    S::Error: Into<BoxError>,
+{
+    /// Sends `request` on the readied inner service, unless readiness failed.
+    fn send_first(&mut self, request: http::Request<Body>) -> Result<S::Future, BoxError> {
+        match self.ready_error.take() {
+            Some(error) => Err(error),
+            None => Ok(self.inner.call(request)),
+        }
     }
 }
