@@ -107,10 +107,11 @@ impl Call {
 
     /// Runs a retried call to completion. `first` is the first attempt,
     /// already sent on the service `poll_ready` readied (or the error that
-    /// readiness returned); later attempts go out on clones of `service`.
+    /// readiness returned), possibly already answered; later attempts go out
+    /// on clones of `service`.
     pub(crate) async fn run<S, ResBody>(
         mut self,
-        first: Result<S::Future, BoxError>,
+        first: FirstAttempt<S>,
         first_deadline: Option<Instant>,
         service: Arc<S>,
         replay: Replay<Body>,
@@ -128,7 +129,8 @@ impl Call {
             attempt += 1;
             self.metrics.attempt_started();
             let (sending, attempt_deadline) = match first.take() {
-                Some(first) => (Sending::First(first), first_deadline),
+                Some(FirstAttempt::InFlight(first)) => (Sending::First(first), first_deadline),
+                Some(FirstAttempt::Finished(result)) => (Sending::Finished(result), first_deadline),
                 None => {
                     let (parts, deadline) = heads.next(attempt, &self);
                     let request = http::Request::from_parts(parts, Body::new(replay.body()));
@@ -141,14 +143,19 @@ impl Call {
                 code = field::Empty,
                 backoff_ms = field::Empty
             );
-            let send = sending.send().instrument(attempt_span.clone());
-            let result = tokio::select! {
-                biased;
-                () = cancelled(self.cancel.as_ref()) => {
-                    return Err(self.surface_status(cancelled_status(), attempt));
+            let result = match sending {
+                Sending::Finished(result) => result,
+                sending => {
+                    let send = sending.send().instrument(attempt_span.clone());
+                    tokio::select! {
+                        biased;
+                        () = cancelled(self.cancel.as_ref()) => {
+                            return Err(self.surface_status(cancelled_status(), attempt));
+                        }
+                        () = sleep_until(attempt_deadline) => Err(AttemptError::TimedOut),
+                        result = send => result.map_err(AttemptError::Failed),
+                    }
                 }
-                () = sleep_until(attempt_deadline) => Err(AttemptError::TimedOut),
-                result = send => result.map_err(AttemptError::Failed),
             };
 
             let failure = match result {
@@ -371,10 +378,21 @@ pub(crate) enum Verdict {
     Final(&'static str),
 }
 
+/// The first attempt of a retried call, as the loop receives it.
+pub(crate) enum FirstAttempt<S: Service<http::Request<Body>>> {
+    /// Sent in `Retry::call` (or failed to, if readiness failed).
+    InFlight(Result<S::Future, BoxError>),
+    /// Already answered: the response future's fast path polled it and it
+    /// did not commit.
+    Finished(Result<S::Response, AttemptError>),
+}
+
 /// One attempt of a retried call, to be awaited.
 enum Sending<S: Service<http::Request<Body>>> {
     /// The first attempt: already sent in `Retry::call`.
     First(Result<S::Future, BoxError>),
+    /// The first attempt, already answered.
+    Finished(Result<S::Response, AttemptError>),
     /// A retry: a clone of the service (retries alone pay for it) and the
     /// request, boxed to keep every call's future small.
     Later(Arc<S>, Box<http::Request<Body>>),
@@ -389,6 +407,7 @@ where
         match self {
             Sending::First(Ok(response)) => response.await.map_err(Into::into),
             Sending::First(Err(error)) => Err(error),
+            Sending::Finished(_) => unreachable!("a finished attempt is not sent"),
             Sending::Later(service, request) => {
                 let mut service = S::clone(&service);
                 send(&mut service, Ok(false), *request).await
@@ -413,8 +432,11 @@ where
     inner.call(request).await.map_err(Into::into)
 }
 
-enum AttemptError {
+/// Why an attempt produced no response.
+pub(crate) enum AttemptError {
+    /// Its deadline (the call's, or the per-attempt timeout) passed.
     TimedOut,
+    /// The inner service failed.
     Failed(BoxError),
 }
 

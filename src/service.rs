@@ -8,8 +8,8 @@ use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::Call;
-use crate::future::ResponseFuture;
+use crate::attempt::{Call, FirstAttempt};
+use crate::future::{FirstContext, ResponseFuture};
 use crate::layer::LayerState;
 
 /// Retries the gRPC calls sent through it; built by
@@ -84,7 +84,7 @@ where
 {
     type Response = http::Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<http::Response<ResBody>>;
+    type Future = ResponseFuture<S, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.ready_error.is_some() {
@@ -107,8 +107,7 @@ where
                 method = request.uri().path(),
                 "no retry policy for this method: passing through"
             );
-            let sent = self.send_first(request);
-            return ResponseFuture::new(async move { sent?.await.map_err(Into::into) });
+            return ResponseFuture::pass_through(self.send_first(request));
         };
         let span = debug_span!(
             "grpc.call",
@@ -122,20 +121,40 @@ where
             // readied service and leaves a clone for the next call.
             let first_ready = self.ready_error.take().map_or(Ok(()), Err);
             let inner = std::mem::replace(&mut self.inner, S::clone(&self.spare));
-            return ResponseFuture::new(
+            return ResponseFuture::looping(Box::pin(
                 call.run_hedged(inner, first_ready, request)
                     .instrument(span),
-            );
+            ));
         }
         // The first attempt goes out now, on the service `poll_ready`
         // readied, exactly as it would without the layer.
         let (replay, mut heads) = call.begin(request);
         let (parts, first_deadline) = heads.next(1, &call);
         let first = self.send_first(http::Request::from_parts(parts, Body::new(replay.body())));
-        ResponseFuture::new(
-            call.run(first, first_deadline, self.spare.clone(), replay, heads)
+        let service = self.spare.clone();
+        match first {
+            Ok(attempt) => ResponseFuture::first(
+                attempt,
+                first_deadline,
+                FirstContext {
+                    call,
+                    replay,
+                    heads,
+                    service,
+                    span,
+                },
+            ),
+            Err(error) => ResponseFuture::looping(Box::pin(
+                call.run(
+                    FirstAttempt::<S>::InFlight(Err(error)),
+                    first_deadline,
+                    service,
+                    replay,
+                    heads,
+                )
                 .instrument(span),
-        )
+            )),
+        }
     }
 }
 

@@ -380,10 +380,13 @@ async fn the_channel_buffer_cap_bounds_memory_across_thousands_of_calls() {
     server.wait_for_attempts("c1999", 1).await;
     let held = layer.buffered_bytes();
     assert!(held <= cap, "{held} > {cap}");
-    assert!(held > cap / 2, "the cap is used, not ignored: {held}");
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    assert!(watcher.await.unwrap() <= cap);
+    // Sampled while the calls were in flight (a single instant can miss
+    // it when spawning 2,000 calls takes longer than the server's delay).
+    let peak = watcher.await.unwrap();
+    assert!(peak <= cap, "peak {peak} > {cap}");
+    assert!(peak > cap / 2, "the cap is used, not ignored: peak {peak}");
     assert_eq!(layer.buffered_bytes(), 0, "every reservation is returned");
 }
