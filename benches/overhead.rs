@@ -429,6 +429,23 @@ fn main() {
         Err(e) => eprintln!("could not write {}: {e}", chart.display()),
     }
 
+    // The same four variants through criterion, for its statistics and
+    // history (`target/criterion`). The figures above stay the reference:
+    // criterion runs variants one after another, not interleaved.
+    if !quick {
+        let mut criterion = criterion::Criterion::default()
+            .configure_from_args()
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        let mut group = criterion.benchmark_group("overhead_per_call");
+        for variant in &mut variants {
+            let name = variant.name();
+            group.bench_function(name, |b| b.iter_custom(|iters| variant.run(iters)));
+        }
+        group.finish();
+    }
+
     println!();
     let [raw, retry, naive, resilience] = &figures[..] else {
         unreachable!("four variants")
