@@ -113,7 +113,7 @@ impl Call {
         mut self,
         first: FirstAttempt<S>,
         first_deadline: Option<Instant>,
-        service: Arc<S>,
+        service: SharedService<S>,
         replay: Replay<Body>,
         mut heads: RequestHeads,
     ) -> Result<http::Response<ResBody>, BoxError>
@@ -378,6 +378,19 @@ pub(crate) enum Verdict {
     Final(&'static str),
 }
 
+/// The clone of the inner service that retries and hedges are sent on,
+/// shared by every call of a `Retry`. The mutex is taken only to clone it,
+/// on a retry, so the inner service need only be `Send`, not `Sync`.
+pub(crate) type SharedService<S> = Arc<std::sync::Mutex<S>>;
+
+/// A fresh clone of the shared service (for a retry or a hedge).
+pub(crate) fn clone_shared<S: Clone>(service: &SharedService<S>) -> S {
+    service
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
 /// The first attempt of a retried call, as the loop receives it.
 pub(crate) enum FirstAttempt<S: Service<http::Request<Body>>> {
     /// Sent in `Retry::call` (or failed to, if readiness failed).
@@ -395,7 +408,7 @@ enum Sending<S: Service<http::Request<Body>>> {
     Finished(Result<S::Response, AttemptError>),
     /// A retry: a clone of the service (retries alone pay for it) and the
     /// request, boxed to keep every call's future small.
-    Later(Arc<S>, Box<http::Request<Body>>),
+    Later(SharedService<S>, Box<http::Request<Body>>),
 }
 
 impl<S, ResBody> Sending<S>
@@ -409,7 +422,7 @@ where
             Sending::First(Err(error)) => Err(error),
             Sending::Finished(_) => unreachable!("a finished attempt is not sent"),
             Sending::Later(service, request) => {
-                let mut service = S::clone(&service);
+                let mut service = clone_shared(&service);
                 send(&mut service, Ok(false), *request).await
             }
         }

@@ -11,7 +11,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -23,7 +22,9 @@ use tower_service::Service;
 use tracing::{Instrument, Span};
 
 use crate::BoxError;
-use crate::attempt::{AttemptError, Call, FirstAttempt, RequestHeads, cancelled_status};
+use crate::attempt::{
+    AttemptError, Call, FirstAttempt, RequestHeads, SharedService, cancelled_status,
+};
 use crate::classify::{self, ResponseKind};
 use crate::replay::Replay;
 
@@ -77,7 +78,7 @@ pub(crate) struct FirstContext<S> {
     pub(crate) call: Call,
     pub(crate) replay: Replay<Body>,
     pub(crate) heads: RequestHeads,
-    pub(crate) service: Arc<S>,
+    pub(crate) service: SharedService<S>,
     pub(crate) span: Span,
 }
 
@@ -123,11 +124,7 @@ where
 
 impl<S, ResBody> Future for ResponseFuture<S, ResBody>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
@@ -202,11 +199,7 @@ fn finish_first<S, ResBody>(
     context: FirstContext<S>,
 ) -> Result<Result<http::Response<ResBody>, BoxError>, BoxedLoop<http::Response<ResBody>>>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,

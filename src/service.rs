@@ -8,7 +8,7 @@ use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::{Call, FirstAttempt};
+use crate::attempt::{Call, FirstAttempt, SharedService, clone_shared};
 use crate::future::{FirstContext, ResponseFuture};
 use crate::layer::LayerState;
 
@@ -25,7 +25,7 @@ pub struct Retry<S> {
     /// Sharing it means a call clones the inner service only when it
     /// actually retries; the first attempt uses `inner`, as a client
     /// without the layer would.
-    spare: Arc<S>,
+    spare: SharedService<S>,
     state: Arc<LayerState>,
     /// An error from the inner service's readiness check. It becomes the
     /// first attempt's failure, so the policy sees (and may retry) it instead
@@ -36,7 +36,7 @@ pub struct Retry<S> {
 impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
         Retry {
-            spare: Arc::new(inner.clone()),
+            spare: Arc::new(std::sync::Mutex::new(inner.clone())),
             inner,
             state,
             ready_error: None,
@@ -73,11 +73,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
 
 impl<S, ResBody> Service<http::Request<Body>> for Retry<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
@@ -120,7 +116,7 @@ where
             // The hedging loop sends every attempt itself: it takes the
             // readied service and leaves a clone for the next call.
             let first_ready = self.ready_error.take().map_or(Ok(()), Err);
-            let inner = std::mem::replace(&mut self.inner, S::clone(&self.spare));
+            let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
             return ResponseFuture::looping(Box::pin(
                 call.run_hedged(inner, first_ready, request)
                     .instrument(span),

@@ -653,3 +653,24 @@ async fn malformed_status_headers_never_panic_the_caller() {
         assert_eq!(server.attempts(&id).len(), 1);
     }
 }
+
+#[tokio::test]
+async fn an_inner_service_that_is_send_but_not_sync_is_accepted() {
+    // tower's BoxCloneService is Send but not Sync; users put such services
+    // under the layer.
+    let server = TestServer::start().await.unwrap();
+    let boxed: tower::util::BoxCloneService<
+        http::Request<tonic::body::Body>,
+        http::Response<tonic::body::Body>,
+        tonic::transport::Error,
+    > = tower::util::BoxCloneService::new(channel(&server).await);
+    let mut client = tonic_retry::testing::proto::EchoClient::new(
+        tower::ServiceBuilder::new()
+            .layer(tonic_retry::RetryLayer::new(fast_policy().build().unwrap()))
+            .service(boxed),
+    );
+    let script = [unavailable(), FaultAction::ok()];
+    let response = client.unary(scripted("c", &script)).await.unwrap();
+    assert_eq!(response.get_ref().attempt, 1);
+    assert_eq!(server.attempts("c").len(), 2);
+}
