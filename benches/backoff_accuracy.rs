@@ -20,9 +20,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use tonic::transport::Endpoint;
 use tonic_retry::testing::proto::{EchoClient, EchoRequest};
-use tonic_retry::testing::{FaultAction, TestServer, set_script};
+use tonic_retry::testing::{FaultAction, set_script};
 use tonic_retry::{Jitter, RetryLayer, RetryPolicy};
 use tower::Layer;
 
@@ -86,18 +85,9 @@ fn main() {
         common::describe_machine()
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = common::loopback_runtime();
     rt.block_on(async {
-        let server = TestServer::start().await.expect("test server");
-        let channel = Endpoint::from_shared(server.uri())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let (server, channel) = common::server_and_channel().await;
         let policy = RetryPolicy::builder()
             .max_attempts(FAILURES as u32 + 1)
             .initial_backoff(INITIAL)

@@ -27,8 +27,7 @@ static ALLOC: common::CountingAlloc = common::CountingAlloc;
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
-use tonic_retry::testing::TestServer;
+use tonic::transport::Channel;
 use tonic_retry::testing::proto::{EchoClient, EchoRequest};
 use tonic_retry::{Retry, RetryLayer, RetryPolicy};
 use tower::Layer;
@@ -157,18 +156,9 @@ fn main() {
         common::describe_machine()
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = common::loopback_runtime();
     rt.block_on(async {
-        let server = TestServer::start().await.expect("test server");
-        let channel = Endpoint::from_shared(server.uri())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let (server, channel) = common::server_and_channel().await;
         let raw = EchoClient::new(channel.clone());
         // A second raw client on the same channel: the A/A control.
         let control = EchoClient::new(channel.clone());

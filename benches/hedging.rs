@@ -9,40 +9,24 @@
 //!
 //! Goal: p99 drops at least 5x while extra load stays at or below 1.15.
 
+mod common;
 #[path = "../examples/common/hedge_experiment.rs"]
 mod hedge_experiment;
 
-use tonic::transport::Endpoint;
-use tonic_retry::testing::TestServer;
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing.
-    let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let calls = if quick { 500 } else { 2_000 };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let server = TestServer::start().await.expect("test server");
-        let channel = Endpoint::from_shared(server.uri())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+    let calls = if common::quick() { 500 } else { 2_000 };
+    common::loopback_runtime().block_on(async {
+        let (server, channel) = common::server_and_channel().await;
         println!("hedging: {calls} unary calls per mode, 10 % of attempts answered after 200 ms");
         let (without, with) = hedge_experiment::compare(&server, &channel, calls).await;
-        println!("RESULT hedging_p50_ms_without={:.3}", without.p50_ms);
-        println!("RESULT hedging_p99_ms_without={:.3}", without.p99_ms);
-        println!("RESULT hedging_p999_ms_without={:.3}", without.p999_ms);
-        println!("RESULT hedging_p50_ms_with={:.3}", with.p50_ms);
-        println!("RESULT hedging_p99_ms_with={:.3}", with.p99_ms);
-        println!("RESULT hedging_p999_ms_with={:.3}", with.p999_ms);
-        println!(
-            "RESULT hedging_p99_improvement={:.3}",
-            without.p99_ms / with.p99_ms
-        );
-        println!("RESULT hedging_load={:.4}", with.load);
+        common::result("hedging_p50_ms_without", without.p50_ms);
+        common::result("hedging_p99_ms_without", without.p99_ms);
+        common::result("hedging_p999_ms_without", without.p999_ms);
+        common::result("hedging_p50_ms_with", with.p50_ms);
+        common::result("hedging_p99_ms_with", with.p99_ms);
+        common::result("hedging_p999_ms_with", with.p999_ms);
+        common::result("hedging_p99_improvement", without.p99_ms / with.p99_ms);
+        common::result("hedging_load", with.load);
         server.shutdown().await;
     });
 }

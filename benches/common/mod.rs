@@ -207,3 +207,25 @@ pub fn describe_machine() -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     format!("{cores} cores available, {model}")
 }
+
+/// The runtime the loopback benches use: two workers, like the machine.
+pub fn loopback_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The in-process scripted test server, and a channel connected to it.
+pub async fn server_and_channel() -> (tonic_retry::testing::TestServer, tonic::transport::Channel) {
+    let server = tonic_retry::testing::TestServer::start()
+        .await
+        .expect("test server");
+    let channel = tonic::transport::Endpoint::from_shared(server.uri())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    (server, channel)
+}
