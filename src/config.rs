@@ -182,7 +182,15 @@ impl ServiceConfig {
     ///
     /// and `None` when nothing matches. This never allocates.
     pub fn method_config(&self, service: &str, method: &str) -> Option<&MethodConfig> {
-        let index = match self.services.get(service) {
+        self.method_config_index(service, method)
+            .map(|i| &self.method_configs[i])
+    }
+
+    /// Like [`method_config`](Self::method_config), as an index into
+    /// [`method_configs`](Self::method_configs): what a call keeps to find
+    /// its policy again without a second lookup.
+    pub(crate) fn method_config_index(&self, service: &str, method: &str) -> Option<usize> {
+        match self.services.get(service) {
             Some(entry) => entry
                 .methods
                 .get(method)
@@ -190,8 +198,7 @@ impl ServiceConfig {
                 .or(entry.service_level)
                 .or(self.default),
             None => self.default,
-        };
-        index.map(|i| &self.method_configs[i])
+        }
     }
 
     /// The channel-wide retry throttling settings, if the config has them.

@@ -91,12 +91,9 @@ impl LayerState {
             Policies::FixedHedging(_) => Some(PolicyRef::FixedHedging),
             Policies::Config(config) => {
                 let (service, method) = service_and_method(request);
-                let found = config.method_config(service, method)?;
-                let index = config
-                    .method_configs()
-                    .iter()
-                    .position(|candidate| std::ptr::eq(candidate, found))?;
-                Some(PolicyRef::Config(index))
+                config
+                    .method_config_index(service, method)
+                    .map(PolicyRef::Config)
             }
         }
     }
