@@ -172,34 +172,27 @@ impl Call {
                     )),
                     never_sent: false,
                 },
-                Err(AttemptError::Failed(error)) => match outcome(Err(error)) {
-                    Outcome::Refused(error)
-                        if !transparent_retry_used && replay.is_replayable() =>
-                    {
-                        // A6: the server's application never saw this
-                        // stream. Retry once, at once, without counting an
-                        // attempt or taking a token.
-                        debug!(attempt, %error, "transparent retry of a refused stream");
-                        transparent_retry_used = true;
-                        self.metrics.transparent_retry();
-                        attempt -= 1;
-                        continue;
-                    }
-                    Outcome::Refused(error) => Failure::from_error(error),
-                    Outcome::Failed(failure) => failure,
-                    Outcome::Commit(_) => unreachable!("an error never commits"),
-                },
-                Ok(response) => match outcome(Ok(response)) {
-                    Outcome::Commit(response) => {
-                        replay.commit();
-                        if let Some(throttle) = &self.state.throttle {
-                            throttle.record_success();
-                        }
+                Err(AttemptError::Failed(error))
+                    if !transparent_retry_used
+                        && classify::refused_before_processing(&*error)
+                        && replay.is_replayable() =>
+                {
+                    // A6: the server's application never saw this stream.
+                    // Retry once, at once, without counting an attempt or
+                    // taking a token.
+                    debug!(attempt, %error, "transparent retry of a refused stream");
+                    transparent_retry_used = true;
+                    self.metrics.transparent_retry();
+                    attempt -= 1;
+                    continue;
+                }
+                Err(AttemptError::Failed(error)) => Failure::from_error(error),
+                Ok(response) => match response_outcome(response) {
+                    Ok(response) => {
                         attempt_span.record("code", "committed");
-                        return Ok(self.surface_response(response, attempt, Code::Ok));
+                        return Ok(self.commit(&replay, response, attempt));
                     }
-                    Outcome::Failed(failure) => failure,
-                    Outcome::Refused(_) => unreachable!("a response is never a refused stream"),
+                    Err((code, response)) => Failure::Response { code, response },
                 },
             };
             let code = failure.code();
@@ -339,6 +332,21 @@ impl Call {
         }
     }
 
+    /// Ends the call with a committed response from `attempt`: releases the
+    /// replay buffer and credits the throttling bucket.
+    pub(crate) fn commit<B, R>(
+        &self,
+        replay: &Replay<B>,
+        response: http::Response<R>,
+        attempt: u32,
+    ) -> http::Response<R> {
+        replay.commit();
+        if let Some(throttle) = &self.state.throttle {
+            throttle.record_success();
+        }
+        self.surface_response(response, attempt, Code::Ok)
+    }
+
     /// The response `attempt` produced, which ends the call with `code`
     /// (OK for a committed response, whatever its trailers say later).
     pub(crate) fn surface_response<B>(
@@ -468,17 +476,29 @@ pub(crate) fn outcome<ResBody>(
     result: Result<http::Response<ResBody>, BoxError>,
 ) -> Outcome<ResBody> {
     match result {
-        Ok(mut response) => match classify::classify_response(&response) {
-            ResponseKind::Commit { trailers_only } => {
-                if trailers_only {
-                    classify::strip_malformed_status_details(response.headers_mut());
-                }
-                Outcome::Commit(response)
-            }
-            ResponseKind::Failed(code) => Outcome::Failed(Failure::Response { code, response }),
+        Ok(response) => match response_outcome(response) {
+            Ok(response) => Outcome::Commit(response),
+            Err((code, response)) => Outcome::Failed(Failure::Response { code, response }),
         },
         Err(error) if classify::refused_before_processing(&*error) => Outcome::Refused(error),
         Err(error) => Outcome::Failed(Failure::from_error(error)),
+    }
+}
+
+/// What a response means: `Ok` to commit it (with undecodable status
+/// details stripped from a trailers-only OK, which tonic's stub would panic
+/// on), or the failure code it reports, with the response.
+pub(crate) fn response_outcome<ResBody>(
+    mut response: http::Response<ResBody>,
+) -> Result<http::Response<ResBody>, (Code, http::Response<ResBody>)> {
+    match classify::classify_response(&response) {
+        ResponseKind::Commit { trailers_only } => {
+            if trailers_only {
+                classify::strip_malformed_status_details(response.headers_mut());
+            }
+            Ok(response)
+        }
+        ResponseKind::Failed(code) => Err((code, response)),
     }
 }
 

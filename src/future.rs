@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tonic::Code;
 use tonic::body::Body;
 use tower_service::Service;
 use tracing::{Instrument, Span};
@@ -24,8 +23,8 @@ use tracing::{Instrument, Span};
 use crate::BoxError;
 use crate::attempt::{
     AttemptError, Call, FirstAttempt, RequestHeads, SharedService, cancelled_status,
+    response_outcome,
 };
-use crate::classify::{self, ResponseKind};
 use crate::replay::Replay;
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
@@ -212,19 +211,11 @@ where
         span,
     } = context;
     let result = match result {
-        Ok(mut response) => {
-            if let ResponseKind::Commit { trailers_only } = classify::classify_response(&response) {
-                if trailers_only {
-                    classify::strip_malformed_status_details(response.headers_mut());
-                }
-                replay.commit();
-                if let Some(throttle) = &call.state.throttle {
-                    throttle.record_success();
-                }
-                return Ok(Ok(call.surface_response(response, 1, Code::Ok)));
-            }
-            Ok(response)
-        }
+        Ok(response) => match response_outcome(response) {
+            Ok(response) => return Ok(Ok(call.commit(&replay, response, 1))),
+            // A failure: the attempt loop takes it from here.
+            Err((_, response)) => Ok(response),
+        },
         Err(error) => Err(error),
     };
     Err(Box::pin(

@@ -19,8 +19,8 @@
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::{Code, Status};
 use tower_service::Service;
 use tracing::{Instrument, debug, debug_span, field};
 
@@ -85,7 +85,11 @@ impl Call {
             if in_flight.is_empty() {
                 if !can_hedge {
                     let Some((n, failure)) = last_failure else {
-                        unreachable!("an attempt finished before in_flight emptied")
+                        // Every attempt that leaves `in_flight` either ends
+                        // the call or becomes `last_failure`; should that
+                        // ever break, fail the call rather than panic.
+                        let status = Status::internal("hedged call ended without a result");
+                        return Err(self.surface_status(status, sent));
                     };
                     debug!(
                         attempt = n,
@@ -124,12 +128,8 @@ impl Call {
                         Outcome::Commit(response) => {
                             // The winner. Dropping `in_flight` on return
                             // cancels every other attempt.
-                            replay.commit();
-                            if let Some(throttle) = &self.state.throttle {
-                                throttle.record_success();
-                            }
                             self.metrics.hedges(sent - 1);
-                            return Ok(self.surface_response(response, n, Code::Ok));
+                            return Ok(self.commit(&replay, response, n));
                         }
                         Outcome::Refused(error) if !transparent_retry_used && replay.is_replayable() => {
                             debug!(attempt = n, %error, "transparent retry of a refused hedge");
