@@ -63,15 +63,24 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(
+    /// Starts a call: resolves its limits, options and deadline (once, from
+    /// now), and splits the request into what every attempt shares (the
+    /// replay buffer, reserving from the layer's cap, and the head kept for
+    /// retries) and the first attempt, with its `grpc-timeout` written. The
+    /// call counts once toward the retry budget.
+    pub(crate) fn start(
         state: Arc<LayerState>,
         policy_ref: PolicyRef,
-        request: &http::Request<Body>,
+        request: http::Request<Body>,
         span: Span,
-    ) -> Self {
+    ) -> (Call, Begun) {
+        let (mut parts, body) = request.into_parts();
+        // One pass over the headers keeps them for retries and finds the
+        // caller's `grpc-timeout`.
+        let (template, request_timeout) = RequestTemplate::new(&parts);
         let policy = state.policy(policy_ref);
-        let options = request
-            .extensions()
+        let options = parts
+            .extensions
             .get::<CallOptions>()
             .copied()
             .unwrap_or_default();
@@ -83,21 +92,38 @@ impl Call {
             None => (policy.retry.max_attempts, policy.retry.max_attempts_cap),
         };
         let max_attempts = options.max_attempts.map_or(policy_attempts, |n| n.min(cap));
-        let deadline = call_deadline(
-            request.headers(),
+        let limit = earliest_duration(
+            request_timeout,
             earliest_duration(policy.retry.timeout, policy.config_timeout),
         );
-        Call {
-            state,
-            policy_ref,
+        let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
+        let (replay, first_body) = Replay::start(
+            body,
+            policy.retry.replay_limit,
+            Some(state.buffer_cap.clone()),
+        );
+        if let Some(budget) = &state.budget {
+            budget.deposit();
+        }
+        let call = Call {
             max_attempts,
             non_idempotent: options.non_idempotent,
             deadline,
-            cancel: request.extensions().get::<CancellationToken>().cloned(),
+            cancel: parts.extensions.get::<CancellationToken>().cloned(),
             backoff: Backoff::default(),
-            metrics: CallMetrics::new(request.uri().path()),
+            metrics: CallMetrics::new(parts.uri.path()),
             span,
-        }
+            policy_ref,
+            state,
+        };
+        let first_deadline = call.attempt_deadline(&mut parts.headers);
+        let begun = Begun {
+            replay,
+            heads: RequestHeads { template },
+            first: http::Request::from_parts(parts, Body::new(first_body)),
+            first_deadline,
+        };
+        (call, begun)
     }
 
     /// The policy this call resolved to.
@@ -232,26 +258,6 @@ impl Call {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-    }
-
-    /// Splits the caller's request into what every attempt shares: the
-    /// replay buffer for its body (reserving from the layer's cap) and the
-    /// heads. The call counts once toward the retry budget.
-    pub(crate) fn begin(&self, request: http::Request<Body>) -> (Replay<Body>, RequestHeads) {
-        let (parts, body) = request.into_parts();
-        let replay = Replay::with_cap(
-            body,
-            self.policy().retry.replay_limit,
-            self.state.buffer_cap.clone(),
-        );
-        if let Some(budget) = &self.state.budget {
-            budget.deposit();
-        }
-        let heads = RequestHeads {
-            template: RequestTemplate::new(&parts),
-            first: Some(parts),
-        };
-        (replay, heads)
     }
 
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
@@ -492,8 +498,8 @@ pub(crate) fn response_outcome<ResBody>(
     mut response: http::Response<ResBody>,
 ) -> Result<http::Response<ResBody>, (Code, http::Response<ResBody>)> {
     match classify::classify_response(&response) {
-        ResponseKind::Commit { trailers_only } => {
-            if trailers_only {
+        ResponseKind::Commit { check_details } => {
+            if check_details {
                 classify::strip_malformed_status_details(response.headers_mut());
             }
             Ok(response)
@@ -588,13 +594,6 @@ pub(crate) fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
-/// The call's deadline: the earliest of the request's `grpc-timeout` and
-/// `timeout`, measured from now (the call's start).
-fn call_deadline(headers: &HeaderMap, timeout: Option<Duration>) -> Option<Instant> {
-    let limit = earliest_duration(deadline::request_timeout(headers), timeout)?;
-    Instant::now().checked_add(limit)
-}
-
 fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -623,17 +622,28 @@ pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     }
 }
 
-/// Each attempt's request head: the caller's own for the first attempt,
-/// copies of it for the others, with the attempt's metadata written in.
+/// A started call: what its attempts share, and its first attempt.
+pub(crate) struct Begun {
+    pub(crate) replay: Replay<Body>,
+    pub(crate) heads: RequestHeads,
+    /// The first attempt's request: the caller's own head (with the
+    /// attempt's `grpc-timeout`) and the replay's first body.
+    pub(crate) first: http::Request<Body>,
+    /// When the first attempt must end.
+    pub(crate) first_deadline: Option<Instant>,
+}
+
+/// The request heads of attempts after the first: copies of the caller's
+/// head, with the attempt's metadata written in.
 pub(crate) struct RequestHeads {
     template: RequestTemplate,
-    first: Option<Parts>,
 }
 
 impl RequestHeads {
-    /// The head of attempt `n` (1-based) and when that attempt must end.
+    /// The head of attempt `n` (1-based; a transparent retry resends
+    /// attempt 1) and when that attempt must end.
     pub(crate) fn next(&mut self, n: u32, call: &Call) -> (Parts, Option<Instant>) {
-        let mut parts = self.first.take().unwrap_or_else(|| self.template.parts());
+        let mut parts = self.template.parts();
         if n > 1 {
             parts
                 .headers
@@ -659,15 +669,24 @@ type SavedHeaders = Vec<(HeaderName, HeaderValue)>;
 const HEADER_POOL_SIZE: usize = 32;
 const HEADER_POOL_MAX_ENTRIES: usize = 64;
 
-/// A copy of `headers` in a list from the pool (or a new one).
-fn pooled_copy(headers: &HeaderMap) -> SavedHeaders {
+/// A copy of `headers` in a list from the pool (or a new one), and the
+/// request's own timeout from its `grpc-timeout` header, found on the way
+/// (saving a hashed lookup). A malformed value counts as absent, as the
+/// tonic `Channel` treats it.
+fn pooled_copy(headers: &HeaderMap) -> (SavedHeaders, Option<Duration>) {
     let mut copy = HEADER_POOL
         .try_with(|pool| pool.borrow_mut().pop())
         .ok()
         .flatten()
         .unwrap_or_default();
-    copy.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
-    copy
+    let mut timeout = None;
+    copy.extend(headers.iter().map(|(name, value)| {
+        if timeout.is_none() && *name == deadline::GRPC_TIMEOUT {
+            timeout = deadline::parse_grpc_timeout(value.as_bytes());
+        }
+        (name.clone(), value.clone())
+    }));
+    (copy, timeout)
 }
 
 /// Returns a list to the pool, emptied, if it is small enough to keep.
@@ -730,14 +749,17 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn new(parts: &Parts) -> Self {
-        RequestTemplate {
+    /// The template, and the request's `grpc-timeout` if it has one.
+    fn new(parts: &Parts) -> (Self, Option<Duration>) {
+        let (headers, timeout) = pooled_copy(&parts.headers);
+        let template = RequestTemplate {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: pooled_copy(&parts.headers),
+            headers,
             extensions: SavedExtensions::new(&parts.extensions),
-        }
+        };
+        (template, timeout)
     }
 
     /// A new head for a retry (allocating: only retries pay for it).
@@ -772,11 +794,12 @@ mod tests {
         original.append("x-a", HeaderValue::from_static("2"));
         original.insert("te", HeaderValue::from_static("trailers"));
         for _ in 0..3 {
-            let template = RequestTemplate::new(&{
+            let (template, timeout) = RequestTemplate::new(&{
                 let (mut parts, ()) = http::Request::new(()).into_parts();
                 parts.headers = original.clone();
                 parts
             });
+            assert_eq!(timeout, None);
             assert_eq!(template.parts().headers, original);
         }
         let mut big = HeaderMap::new();
@@ -786,7 +809,7 @@ mod tests {
                 HeaderValue::from_static("v"),
             );
         }
-        let copy = pooled_copy(&big);
+        let (copy, _) = pooled_copy(&big);
         assert_eq!(copy.len(), 200);
         recycle(copy); // too large to keep; dropped
         assert!(HEADER_POOL.with(|p| {
@@ -797,12 +820,25 @@ mod tests {
     }
 
     #[test]
+    fn the_header_copy_finds_the_request_timeout() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert(deadline::GRPC_TIMEOUT, HeaderValue::from_static("250m"));
+        let (copy, timeout) = pooled_copy(&headers);
+        assert_eq!(timeout, Some(Duration::from_millis(250)));
+        assert_eq!(copy.len(), 2, "grpc-timeout is kept for retries too");
+        // A malformed value counts as absent, as the tonic Channel treats it.
+        headers.insert(deadline::GRPC_TIMEOUT, HeaderValue::from_static("soon"));
+        assert_eq!(pooled_copy(&headers).1, None);
+    }
+
+    #[test]
     fn extensions_survive_for_retries() {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts
             .extensions
             .insert(tonic::GrpcMethod::new("pkg.Svc", "M"));
-        let template = RequestTemplate::new(&parts);
+        let (template, _) = RequestTemplate::new(&parts);
         assert!(matches!(
             template.extensions,
             SavedExtensions::GrpcMethod(_)
@@ -812,7 +848,7 @@ mod tests {
         assert_eq!((method.service(), method.method()), ("pkg.Svc", "M"));
 
         parts.extensions.insert(CallOptions::new().max_attempts(2));
-        let template = RequestTemplate::new(&parts);
+        let (template, _) = RequestTemplate::new(&parts);
         assert!(matches!(template.extensions, SavedExtensions::Other(_)));
         let restored = template.parts().extensions;
         assert!(restored.get::<tonic::GrpcMethod<'static>>().is_some());

@@ -581,11 +581,11 @@ where
         let failure_codes = permit.shared.config.failure_codes;
         match result {
             Ok(mut response) => {
-                let (failed, trailers_only) = match classify::classify_response(&response) {
-                    ResponseKind::Commit { trailers_only } => (false, trailers_only),
+                let (failed, check_details) = match classify::classify_response(&response) {
+                    ResponseKind::Commit { check_details } => (false, check_details),
                     ResponseKind::Failed(code) => (failure_codes.contains(code), true),
                 };
-                if trailers_only {
+                if check_details {
                     // tonic's stub would panic on undecodable details.
                     classify::strip_malformed_status_details(response.headers_mut());
                 }

@@ -13,7 +13,7 @@
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use http::{HeaderMap, StatusCode, header::HeaderName};
+use http::{HeaderMap, HeaderValue, StatusCode, header::HeaderName};
 use tonic::{Code, Status};
 
 use crate::BoxError;
@@ -58,9 +58,9 @@ pub(crate) fn strip_malformed_status_details(headers: &mut HeaderMap) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResponseKind {
     /// OK, or normal headers: the response is the call's result.
-    /// `trailers_only` is set for a trailers-only OK, whose headers tonic's
-    /// client parses as a status.
-    Commit { trailers_only: bool },
+    /// `check_details` is set for a trailers-only OK that carries
+    /// `grpc-status-details-bin`, which tonic's client will decode.
+    Commit { check_details: bool },
     /// An uncommitted failure: trailers-only `grpc-status`, or a non-200
     /// HTTP status without one (typically a proxy).
     Failed(Code),
@@ -68,18 +68,48 @@ pub(crate) enum ResponseKind {
 
 /// Classifies a response by its head.
 pub(crate) fn classify_response<B>(response: &http::Response<B>) -> ResponseKind {
-    match response.headers().get(GRPC_STATUS) {
+    let (status, has_details) = status_headers(response.headers());
+    match status {
         Some(value) => match parse_grpc_status(value.as_bytes()) {
             Code::Ok => ResponseKind::Commit {
-                trailers_only: true,
+                check_details: has_details,
             },
             code => ResponseKind::Failed(code),
         },
         None if response.status() == StatusCode::OK => ResponseKind::Commit {
-            trailers_only: false,
+            check_details: false,
         },
         None => ResponseKind::Failed(code_from_http_status(response.status())),
     }
+}
+
+/// Response heads with at most this many values are scanned rather than
+/// looked up.
+const SCAN_LIMIT: usize = 8;
+
+/// The first `grpc-status` value, and whether `grpc-status-details-bin` is
+/// present. Every response is classified, so this is on the happy path: a
+/// small head (the usual case) is scanned once, which is cheaper than two
+/// hashed lookups; a large one is looked up.
+fn status_headers(headers: &HeaderMap) -> (Option<&HeaderValue>, bool) {
+    if headers.len() > SCAN_LIMIT {
+        return (
+            headers.get(GRPC_STATUS),
+            headers.contains_key(GRPC_STATUS_DETAILS),
+        );
+    }
+    let mut status = None;
+    let mut has_details = false;
+    for (name, value) in headers {
+        let name = name.as_str();
+        if name == GRPC_STATUS.as_str() {
+            // The first value, as `HeaderMap::get` (and tonic) would take.
+            status.get_or_insert(value);
+        } else if name == GRPC_STATUS_DETAILS.as_str() {
+            has_details = true;
+        }
+    }
+    (status, has_details)
 }
 
 /// Parses a `grpc-status` value exactly as tonic's client will when it
@@ -219,7 +249,7 @@ mod tests {
         assert_eq!(
             classify_response(&response(200, None)),
             ResponseKind::Commit {
-                trailers_only: false
+                check_details: false
             }
         );
     }
@@ -229,9 +259,48 @@ mod tests {
         assert_eq!(
             classify_response(&response(200, Some(b"0"))),
             ResponseKind::Commit {
-                trailers_only: true
+                check_details: false
             }
         );
+    }
+
+    #[test]
+    fn status_details_on_a_trailers_only_ok_are_flagged_for_checking() {
+        let mut ok = response(200, Some(b"0"));
+        ok.headers_mut()
+            .insert(GRPC_STATUS_DETAILS, http::HeaderValue::from_static("!!"));
+        assert_eq!(
+            classify_response(&ok),
+            ResponseKind::Commit {
+                check_details: true
+            }
+        );
+    }
+
+    #[test]
+    fn large_and_small_heads_are_read_alike() {
+        // Scanned (few headers) or looked up (many), the first grpc-status
+        // value decides, and details are found either way.
+        for extra in [0, 20] {
+            let mut r = response(200, None);
+            let headers = r.headers_mut();
+            for i in 0..extra {
+                headers.insert(
+                    HeaderName::try_from(format!("x-pad-{i}")).unwrap(),
+                    http::HeaderValue::from_static("v"),
+                );
+            }
+            headers.append(GRPC_STATUS, http::HeaderValue::from_static("14"));
+            headers.append(GRPC_STATUS, http::HeaderValue::from_static("0"));
+            headers.insert(GRPC_STATUS_DETAILS, http::HeaderValue::from_static("AA"));
+            assert_eq!(status_headers(headers).0.unwrap(), "14", "{extra}");
+            assert!(status_headers(headers).1, "{extra}");
+            assert_eq!(
+                classify_response(&r),
+                ResponseKind::Failed(Code::Unavailable),
+                "{extra}"
+            );
+        }
     }
 
     #[test]

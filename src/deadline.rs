@@ -71,14 +71,6 @@ pub fn encode_grpc_timeout(timeout: Duration) -> String {
     format!("{}H", u128::from(timeout.as_secs() / 3600).min(MAX))
 }
 
-/// The request's own timeout, from its `grpc-timeout` header. A malformed
-/// header is treated as absent (as the tonic `Channel` does).
-pub(crate) fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(GRPC_TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-}
-
 /// Writes `timeout` as the request's `grpc-timeout`.
 pub(crate) fn set_request_timeout(headers: &mut HeaderMap, timeout: Duration) {
     let value = HeaderValue::try_from(encode_grpc_timeout(timeout))

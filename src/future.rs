@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::body::Body;
 use tower_service::Service;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 use crate::BoxError;
 use crate::attempt::{
@@ -78,7 +78,6 @@ pub(crate) struct FirstContext<S> {
     pub(crate) replay: Replay<Body>,
     pub(crate) heads: RequestHeads,
     pub(crate) service: SharedService<S>,
-    pub(crate) span: Span,
 }
 
 impl<S, ResBody> ResponseFuture<S, ResBody>
@@ -208,8 +207,8 @@ where
         replay,
         heads,
         service,
-        span,
     } = context;
+    let span = call.span.clone();
     let result = match result {
         Ok(response) => match response_outcome(response) {
             Ok(response) => return Ok(Ok(call.commit(&replay, response, 1))),

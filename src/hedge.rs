@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{
-    Call, Failure, Outcome, cancelled, cancelled_status, outcome, send, sleep_until,
+    Begun, Call, Failure, Outcome, cancelled, cancelled_status, outcome, send, sleep_until,
 };
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
@@ -39,7 +39,7 @@ impl Call {
         mut self,
         inner: S,
         first_ready: Result<(), BoxError>,
-        request: http::Request<Body>,
+        begun: Begun,
     ) -> Result<http::Response<ResBody>, BoxError>
     where
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
@@ -51,7 +51,13 @@ impl Call {
             hedging_delay: std::time::Duration::ZERO,
             non_fatal_codes: crate::CodeSet::EMPTY,
         });
-        let (replay, mut heads) = self.begin(request);
+        let Begun {
+            replay,
+            mut heads,
+            first,
+            first_deadline: _,
+        } = begun;
+        let mut first = Some(first);
         // Hedges after the first need their own service (each is readied
         // separately); the first uses the one `poll_ready` readied.
         let spare = inner.clone();
@@ -63,8 +69,13 @@ impl Call {
         let replay_ref = &replay;
         let mut launch = move |n: u32, this: &Call| {
             // The call's deadline covers every hedge; `grpc-timeout` carries it.
-            let (parts, _) = heads.next(n, this);
-            let request = http::Request::from_parts(parts, Body::new(replay_ref.body()));
+            let request = match first.take() {
+                Some(first) => first,
+                None => {
+                    let (parts, _) = heads.next(n, this);
+                    http::Request::from_parts(parts, Body::new(replay_ref.body()))
+                }
+            };
             let (mut service, ready) = first_service
                 .take()
                 .unwrap_or_else(|| (spare.clone(), Ok(false)));

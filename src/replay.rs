@@ -4,10 +4,17 @@
 //! layer must keep what it has sent. [`Replay`] wraps the caller's body once
 //! per call; every attempt gets a [`ReplayBody`] from it.
 //!
-//! * **Lazy.** Nothing is read until the inner service polls an attempt's
-//!   body. Chunks are recorded as they pass through, so a streaming request
-//!   is never collected up front and a retry resends exactly what the
-//!   original stream produced, in the same chunks.
+//! * **Whole bodies first.** [`Replay::start`] polls the body once or twice
+//!   without waiting. A unary request (tonic encodes it into one chunk that
+//!   is ready at once) is then complete: it is kept as that one `Bytes`,
+//!   every attempt gets a clone, and no lock or shared state is needed. The
+//!   attempt's body also reports its end right after the chunk, so hyper
+//!   sends it as a single DATA frame carrying END_STREAM.
+//! * **Lazy otherwise.** A body that is not complete at once (a client
+//!   stream) is read only as the inner service polls an attempt's body.
+//!   Chunks are recorded as they pass through, so a streaming request is
+//!   never collected up front and a retry resends exactly what the original
+//!   stream produced, in the same chunks.
 //! * **Zero-copy.** Chunks are `Bytes`; recording one is a reference-count
 //!   increment, never a copy of the data.
 //! * **Capped.** Once the recorded bytes would pass the limit, recording
@@ -21,8 +28,10 @@
 //!   Until then it waits, so overlapping attempts never panic, lose or
 //!   reorder data.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -45,18 +54,69 @@ use crate::buffer_cap::ChannelBufferCap;
 /// # drop(first_attempt);
 /// ```
 pub struct Replay<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    mode: Mode<B>,
+}
+
+enum Mode<B> {
+    /// The whole body was read when the call started.
+    Whole(Whole),
+    /// The body is recorded as attempts read it.
+    Streaming(Arc<Mutex<Shared<B>>>),
+}
+
+/// A body that was complete when the call started: at most one data chunk
+/// and trailers.
+struct Whole {
+    /// Kept only while the request is replayable.
+    data: Option<Bytes>,
+    trailers: Option<Box<HeaderMap>>,
+    /// Cleared (once) by a commit, which also returns the reservation.
+    replayable: AtomicBool,
+    /// What the data holds of the layer-wide cap.
+    reserved: usize,
+    cap: Option<Arc<ChannelBufferCap>>,
+    exact_size: bool,
+}
+
+impl Whole {
+    fn release(&self) {
+        if self.replayable.swap(false, Ordering::AcqRel)
+            && let Some(cap) = &self.cap
+        {
+            cap.release(self.reserved);
+        }
+    }
 }
 
 /// One attempt's view of the request body. It replays what earlier attempts
 /// recorded, then continues with the original body where they left off.
 pub struct ReplayBody<B> {
+    kind: BodyKind<B>,
+}
+
+enum BodyKind<B> {
+    /// A whole body: the chunk, then the trailers, then the end.
+    Whole {
+        data: Option<Bytes>,
+        trailers: Option<Box<HeaderMap>>,
+        exact_size: bool,
+    },
+    /// A later attempt of a whole body that can no longer be replayed.
+    Released,
+    Streaming(StreamingBody<B>),
+}
+
+struct StreamingBody<B> {
     shared: Arc<Mutex<Shared<B>>>,
     /// The original body, while this attempt is the one reading it.
     source: Option<B>,
-    /// How many of the source's chunks this attempt has yielded.
+    /// How many of the source's chunks this attempt has yielded (or holds in
+    /// `prefix`).
     position: usize,
     trailers_sent: bool,
+    /// Frames read from the source before the first attempt was sent, not
+    /// yet yielded (first attempt only).
+    prefix: VecDeque<Result<Frame<Bytes>, BoxError>>,
 }
 
 /// Why a [`ReplayBody`] could not continue.
@@ -112,21 +172,33 @@ struct Shared<B> {
 }
 
 impl<B> Shared<B> {
+    fn new(source: Option<B>, limit: usize, cap: Option<Arc<ChannelBufferCap>>) -> Self {
+        Shared {
+            source,
+            chunks: Chunks::default(),
+            chunks_read: 0,
+            buffered_bytes: 0,
+            limit,
+            recording: Recording::On,
+            source_done: false,
+            trailers: None,
+            source_failed: false,
+            waiters: Vec::new(),
+            cap,
+        }
+    }
+
     fn record(&mut self, chunk: &Bytes) {
         self.chunks_read += 1;
         if self.recording != Recording::On {
             return;
         }
-        let within_limit = self
-            .buffered_bytes
-            .checked_add(chunk.len())
-            .is_some_and(|total| total <= self.limit);
-        let reserved = within_limit
-            && self
-                .cap
-                .as_ref()
-                .is_none_or(|cap| cap.try_reserve(chunk.len()));
-        if reserved {
+        if reserve(
+            chunk.len(),
+            self.buffered_bytes,
+            self.limit,
+            self.cap.as_deref(),
+        ) {
             self.buffered_bytes += chunk.len();
             self.chunks.push(chunk.clone());
         } else {
@@ -160,8 +232,15 @@ impl<B> Shared<B> {
     }
 }
 
-/// Recorded chunks. The first is kept inline: a unary request is one chunk,
-/// so recording it allocates nothing.
+/// Whether `len` more bytes may be kept: within the call's `limit` (with
+/// `held` already kept) and reserved from the layer-wide `cap`.
+fn reserve(len: usize, held: usize, limit: usize, cap: Option<&ChannelBufferCap>) -> bool {
+    held.checked_add(len).is_some_and(|total| total <= limit)
+        && cap.is_none_or(|cap| cap.try_reserve(len))
+}
+
+/// Recorded chunks. The first is kept inline: recording one chunk
+/// allocates nothing.
 #[derive(Default)]
 struct Chunks {
     first: Option<Bytes>,
@@ -203,62 +282,194 @@ impl<B> Drop for Shared<B> {
 }
 
 impl<B> Replay<B> {
-    /// Wraps a request body, recording up to `limit` bytes for replay.
+    /// Wraps a request body, recording up to `limit` bytes for replay as
+    /// attempts read it. Nothing is read until an attempt's body is polled.
     pub fn new(body: B, limit: usize) -> Self {
-        Self::build(body, limit, None)
+        Self::streaming(Shared::new(Some(body), limit, None))
     }
 
     /// Like [`new`](Self::new), also reserving every recorded byte from the
     /// layer-wide `cap`; when the cap is full, recording stops and the
     /// request is no longer replayable.
     pub fn with_cap(body: B, limit: usize, cap: Arc<ChannelBufferCap>) -> Self {
-        Self::build(body, limit, Some(cap))
+        Self::streaming(Shared::new(Some(body), limit, Some(cap)))
     }
 
-    fn build(body: B, limit: usize, cap: Option<Arc<ChannelBufferCap>>) -> Self {
+    fn streaming(shared: Shared<B>) -> Self {
         Replay {
-            shared: Arc::new(Mutex::new(Shared {
-                source: Some(body),
-                chunks: Chunks::default(),
-                chunks_read: 0,
-                buffered_bytes: 0,
-                limit,
-                recording: Recording::On,
-                source_done: false,
-                trailers: None,
-                source_failed: false,
-                waiters: Vec::new(),
-                cap,
-            })),
+            mode: Mode::Streaming(Arc::new(Mutex::new(shared))),
         }
     }
 
     /// A body for the next attempt, which starts from the beginning.
     pub fn body(&self) -> ReplayBody<B> {
-        ReplayBody {
-            shared: self.shared.clone(),
-            source: None,
-            position: 0,
-            trailers_sent: false,
-        }
+        let kind = match &self.mode {
+            Mode::Whole(whole) if whole.replayable.load(Ordering::Acquire) => BodyKind::Whole {
+                data: whole.data.clone(),
+                trailers: whole.trailers.clone(),
+                exact_size: whole.exact_size,
+            },
+            Mode::Whole(_) => BodyKind::Released,
+            Mode::Streaming(shared) => BodyKind::Streaming(StreamingBody {
+                shared: shared.clone(),
+                source: None,
+                position: 0,
+                trailers_sent: false,
+                prefix: VecDeque::new(),
+            }),
+        };
+        ReplayBody { kind }
     }
 
     /// Whether another attempt could send the whole request again: nothing
     /// was dropped for the limit, the call has not committed and the body has
     /// not failed.
     pub fn is_replayable(&self) -> bool {
-        let shared = lock(&self.shared);
-        shared.recording == Recording::On && !shared.source_failed
+        match &self.mode {
+            Mode::Whole(whole) => whole.replayable.load(Ordering::Acquire),
+            Mode::Streaming(shared) => {
+                let shared = lock(shared);
+                shared.recording == Recording::On && !shared.source_failed
+            }
+        }
     }
 
     /// The call committed: stop recording and release the buffer.
     pub fn commit(&self) {
-        lock(&self.shared).stop_recording(Recording::Committed);
+        match &self.mode {
+            Mode::Whole(whole) => whole.release(),
+            Mode::Streaming(shared) => lock(shared).stop_recording(Recording::Committed),
+        }
     }
 
     /// The bytes currently held for replay.
     pub fn buffered_bytes(&self) -> usize {
-        lock(&self.shared).buffered_bytes
+        match &self.mode {
+            Mode::Whole(whole) if whole.replayable.load(Ordering::Acquire) => whole.reserved,
+            Mode::Whole(_) => 0,
+            Mode::Streaming(shared) => lock(shared).buffered_bytes,
+        }
+    }
+}
+
+impl<B> Replay<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Wraps a request body like [`with_cap`](Self::with_cap) (the cap is
+    /// optional here) and returns the first attempt's body with it.
+    ///
+    /// The body is polled up to twice first, without waiting (a no-op
+    /// waker). If it ends within those polls, as a unary request does, it is
+    /// kept whole: later attempts share its one chunk and no lock is ever
+    /// taken. Otherwise what was read goes first into the first attempt's
+    /// body, and the rest is recorded lazily as with [`new`](Self::new).
+    ///
+    /// ```
+    /// # use tonic_retry::replay::Replay;
+    /// use http_body_util::{BodyExt, Full};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let body = Full::new(bytes::Bytes::from_static(b"request"));
+    /// let (replay, first) = Replay::start(body, 1024, None);
+    /// assert_eq!(first.collect().await.unwrap().to_bytes(), "request");
+    /// assert!(replay.is_replayable());
+    /// assert_eq!(replay.body().collect().await.unwrap().to_bytes(), "request");
+    /// # });
+    /// ```
+    pub fn start(
+        mut body: B,
+        limit: usize,
+        cap: Option<Arc<ChannelBufferCap>>,
+    ) -> (Self, ReplayBody<B>) {
+        let exact_size = body.size_hint().exact().is_some();
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Pending => return Self::start_streaming(body, limit, cap, Vec::new()),
+            Poll::Ready(None) => return Self::whole(None, None, limit, cap, exact_size),
+            Poll::Ready(Some(Err(error))) => {
+                return Self::start_streaming(body, limit, cap, vec![Err(error)]);
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => match first.into_data() {
+                Ok(data) => Self::whole(Some(data), None, limit, cap, exact_size),
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => Self::whole(None, Some(trailers), limit, cap, exact_size),
+                    // No other kind of frame exists today; keep it as is.
+                    Err(frame) => Self::start_streaming(body, limit, cap, vec![Ok(frame)]),
+                },
+            },
+            Poll::Pending => Self::start_streaming(body, limit, cap, vec![Ok(first)]),
+            Poll::Ready(Some(second)) => {
+                Self::start_streaming(body, limit, cap, vec![Ok(first), second])
+            }
+        }
+    }
+
+    fn whole(
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+        limit: usize,
+        cap: Option<Arc<ChannelBufferCap>>,
+        exact_size: bool,
+    ) -> (Self, ReplayBody<B>) {
+        let len = data.as_ref().map_or(0, Bytes::len);
+        let replayable = reserve(len, 0, limit, cap.as_deref());
+        let trailers = trailers.map(Box::new);
+        let first = ReplayBody {
+            kind: BodyKind::Whole {
+                data: data.clone(),
+                trailers: trailers.clone(),
+                exact_size,
+            },
+        };
+        let whole = Whole {
+            // Too large to keep: the first attempt's body holds the only
+            // reference, so the memory goes as soon as it is sent.
+            data: data.filter(|_| replayable),
+            trailers,
+            replayable: AtomicBool::new(replayable),
+            reserved: len,
+            cap,
+            exact_size,
+        };
+        let replay = Replay {
+            mode: Mode::Whole(whole),
+        };
+        (replay, first)
+    }
+
+    /// A streaming replay whose first attempt starts with the frames
+    /// `prefetched` from the source, recorded as if it had read them.
+    fn start_streaming(
+        body: B,
+        limit: usize,
+        cap: Option<Arc<ChannelBufferCap>>,
+        prefetched: Vec<Result<Frame<Bytes>, B::Error>>,
+    ) -> (Self, ReplayBody<B>) {
+        let replay = Self::streaming(Shared::new(None, limit, cap));
+        let Mode::Streaming(shared) = &replay.mode else {
+            unreachable!("just built as streaming")
+        };
+        let mut first = StreamingBody {
+            shared: shared.clone(),
+            source: Some(body),
+            position: 0,
+            trailers_sent: false,
+            prefix: VecDeque::with_capacity(prefetched.len()),
+        };
+        for polled in prefetched {
+            if let Some(frame) = first.record_from_source(Some(polled)) {
+                first.prefix.push_back(frame);
+            }
+        }
+        let first = ReplayBody {
+            kind: BodyKind::Streaming(first),
+        };
+        (replay, first)
     }
 }
 
@@ -266,27 +477,44 @@ impl<B> Drop for Replay<B> {
     fn drop(&mut self) {
         // The call is over: no attempt will be added, so release the buffer
         // even if the last attempt's body is still held by the transport.
-        lock(&self.shared).stop_recording(Recording::Committed);
+        self.commit();
     }
 }
 
 impl<B> fmt::Debug for Replay<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = lock(&self.shared);
-        f.debug_struct("Replay")
-            .field("buffered_bytes", &shared.buffered_bytes)
-            .field("chunks_read", &shared.chunks_read)
-            .field("recording", &shared.recording)
-            .finish()
+        match &self.mode {
+            Mode::Whole(whole) => f
+                .debug_struct("Replay")
+                .field("whole_bytes", &whole.reserved)
+                .field("replayable", &whole.replayable.load(Ordering::Acquire))
+                .finish(),
+            Mode::Streaming(shared) => {
+                let shared = lock(shared);
+                f.debug_struct("Replay")
+                    .field("buffered_bytes", &shared.buffered_bytes)
+                    .field("chunks_read", &shared.chunks_read)
+                    .field("recording", &shared.recording)
+                    .finish()
+            }
+        }
     }
 }
 
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayBody")
-            .field("position", &self.position)
-            .field("holds_source", &self.source.is_some())
-            .finish()
+        match &self.kind {
+            BodyKind::Whole { data, .. } => f
+                .debug_struct("ReplayBody")
+                .field("whole_bytes_left", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            BodyKind::Released => f.debug_struct("ReplayBody").finish_non_exhaustive(),
+            BodyKind::Streaming(body) => f
+                .debug_struct("ReplayBody")
+                .field("position", &body.position)
+                .field("holds_source", &body.source.is_some())
+                .finish(),
+        }
     }
 }
 
@@ -302,27 +530,83 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(source) = this.source.as_mut() {
-                let polled = std::task::ready!(Pin::new(source).poll_frame(cx));
-                return Poll::Ready(this.record_from_source(polled));
+        match &mut self.kind {
+            BodyKind::Whole { data, trailers, .. } => Poll::Ready(match data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
+            }),
+            BodyKind::Released => {
+                self.kind = BodyKind::Whole {
+                    data: None,
+                    trailers: None,
+                    exact_size: false,
+                };
+                Poll::Ready(Some(Err(ReplayError::Released.into())))
             }
-            let mut shared = lock(&this.shared);
-            if this.position < shared.chunks_read {
+            BodyKind::Streaming(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Whole { data, trailers, .. } => data.is_none() && trailers.is_none(),
+            BodyKind::Released => false,
+            BodyKind::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Whole {
+                data, exact_size, ..
+            } => {
+                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                // Claim an exact size only if the caller's body did: hyper
+                // turns an exact size into a content-length header, and the
+                // request should go out as it would without the layer.
+                if *exact_size {
+                    SizeHint::with_exact(len)
+                } else {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(len);
+                    hint
+                }
+            }
+            BodyKind::Released => SizeHint::default(),
+            BodyKind::Streaming(body) => body.size_hint(),
+        }
+    }
+}
+
+impl<B> StreamingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.prefix.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        loop {
+            if let Some(source) = self.source.as_mut() {
+                let polled = std::task::ready!(Pin::new(source).poll_frame(cx));
+                return Poll::Ready(self.record_from_source(polled));
+            }
+            let mut shared = lock(&self.shared);
+            if self.position < shared.chunks_read {
                 // Behind the source: replay a recorded chunk.
                 if shared.recording != Recording::On {
                     return Poll::Ready(Some(Err(ReplayError::Released.into())));
                 }
-                let Some(chunk) = shared.chunks.get(this.position).cloned() else {
+                let Some(chunk) = shared.chunks.get(self.position).cloned() else {
                     return Poll::Ready(Some(Err(ReplayError::Released.into())));
                 };
-                this.position += 1;
+                self.position += 1;
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             if shared.source_done {
-                if !this.trailers_sent {
-                    this.trailers_sent = true;
+                if !self.trailers_sent {
+                    self.trailers_sent = true;
                     if let Some(trailers) = shared.trailers.clone() {
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
@@ -334,7 +618,7 @@ where
             }
             match shared.source.take() {
                 // Caught up and the source is free: read it from here on.
-                Some(source) => this.source = Some(source),
+                Some(source) => self.source = Some(source),
                 None => {
                     shared.wait(cx);
                     return Poll::Pending;
@@ -344,6 +628,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.prefix.is_empty() {
+            return false;
+        }
         if let Some(source) = &self.source {
             return source.is_end_stream();
         }
@@ -358,6 +645,17 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        if !self.prefix.is_empty() {
+            // Frames in hand plus an unknown rest; nothing exact to claim.
+            let mut hint = SizeHint::new();
+            let held: usize = self
+                .prefix
+                .iter()
+                .filter_map(|f| f.as_ref().ok()?.data_ref().map(Bytes::len))
+                .sum();
+            hint.set_lower(held as u64);
+            return hint;
+        }
         if let Some(source) = &self.source {
             return source.size_hint();
         }
@@ -387,10 +685,10 @@ where
     }
 }
 
-impl<B> ReplayBody<B>
+impl<B> StreamingBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
 {
     /// Records what the original body (which this attempt holds) yielded,
     /// for later attempts, and wakes any attempt waiting for it.
@@ -426,7 +724,7 @@ where
     }
 }
 
-impl<B> Drop for ReplayBody<B> {
+impl<B> Drop for StreamingBody<B> {
     fn drop(&mut self) {
         if let Some(source) = self.source.take() {
             // Hand the rest of the original body to the next attempt.
@@ -703,5 +1001,166 @@ mod tests {
         let replay = Replay::new(Scripted::data(&["ab", "cde"]), 1024);
         drain(replay.body()).await.unwrap();
         assert_eq!(replay.body().size_hint().exact(), Some(5));
+    }
+    /// A body whose `size_hint` is unknown, like tonic's encoded bodies.
+    struct Unsized(http_body_util::Full<Bytes>);
+
+    impl Body for Unsized {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    fn full(data: &'static str) -> http_body_util::Full<Bytes> {
+        http_body_util::Full::new(Bytes::from_static(data.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_body_complete_at_once_is_kept_whole_and_shared() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let (replay, mut first) = Replay::start(full("unary"), 1024, Some(cap.clone()));
+        assert!(matches!(replay.mode, Mode::Whole(_)));
+        assert_eq!(cap.used(), 5);
+        assert_eq!(replay.buffered_bytes(), 5);
+        assert!(!first.is_end_stream());
+        let Poll::Ready(Some(Ok(chunk))) = poll_once(&mut first) else {
+            panic!("the chunk is ready at once")
+        };
+        let chunk = chunk.into_data().unwrap();
+        // The end is known with the chunk: hyper sends DATA with END_STREAM.
+        assert!(first.is_end_stream());
+        assert!(matches!(poll_once(&mut first), Poll::Ready(None)));
+        let (again, _) = drain(replay.body()).await.unwrap();
+        assert_eq!(again, vec![Bytes::from_static(b"unary")]);
+        assert_eq!(again[0].as_ptr(), chunk.as_ptr(), "no copy per attempt");
+        replay.commit();
+        assert_eq!(cap.used(), 0);
+        assert!(!replay.is_replayable());
+        let err = drain(replay.body()).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ReplayError>(),
+            Some(&ReplayError::Released)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_over_the_limit_is_sent_but_not_kept() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let (replay, first) = Replay::start(full("123456789"), 8, Some(cap.clone()));
+        assert!(!replay.is_replayable());
+        assert_eq!(cap.used(), 0);
+        assert_eq!(replay.buffered_bytes(), 0);
+        assert_eq!(drain(first).await.unwrap().0, vec!["123456789"]);
+        assert!(drain(replay.body()).await.is_err());
+        // The channel cap full: the same, though within the call's limit.
+        let full_cap = Arc::new(ChannelBufferCap::new(4));
+        let (replay, first) = Replay::start(full("12345"), 1024, Some(full_cap.clone()));
+        assert!(!replay.is_replayable());
+        assert_eq!(full_cap.used(), 0);
+        assert_eq!(drain(first).await.unwrap().0, vec!["12345"]);
+        drop(replay);
+        assert_eq!(full_cap.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn whole_bodies_release_their_reservation_when_dropped() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let (replay, first) = Replay::start(full("abc"), 1024, Some(cap.clone()));
+        assert_eq!(cap.used(), 3);
+        drop(replay);
+        assert_eq!(cap.used(), 0);
+        assert_eq!(drain(first).await.unwrap().0, vec!["abc"], "still sendable");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_starts_whole_and_ended() {
+        let (replay, first) = Replay::start(Scripted::default(), 1024, None);
+        assert!(first.is_end_stream());
+        assert_eq!(first.size_hint().lower(), 0);
+        // tonic sends an ended body as an empty one, without boxing it.
+        assert!(http_body::Body::is_end_stream(&tonic::body::Body::new(
+            replay.body()
+        )));
+        assert!(replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_claims_an_exact_size_only_if_the_caller_did() {
+        let (_, first) = Replay::start(full("abcd"), 1024, None);
+        assert_eq!(first.size_hint().exact(), Some(4));
+        let (_, first) = Replay::start(Unsized(full("abcd")), 1024, None);
+        assert_eq!(first.size_hint().exact(), None);
+        assert_eq!(first.size_hint().lower(), 4);
+    }
+
+    #[tokio::test]
+    async fn trailers_alone_are_kept_whole() {
+        let (replay, first) = Replay::start(Scripted::default().with_trailers(), 1024, None);
+        assert!(matches!(replay.mode, Mode::Whole(_)));
+        let (chunks, trailers) = drain(first).await.unwrap();
+        assert!(chunks.is_empty());
+        assert_eq!(trailers.unwrap().get("x-checksum").unwrap(), "abc");
+        let (_, again) = drain(replay.body()).await.unwrap();
+        assert_eq!(again.unwrap().get("x-checksum").unwrap(), "abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_not_ready_at_once_is_streamed_from_the_start() {
+        let mut body = Scripted::data(&["a", "b"]);
+        body.pending_first = true;
+        let (replay, first) = Replay::start(body, 1024, None);
+        assert!(matches!(replay.mode, Mode::Streaming(_)));
+        assert_eq!(drain(first).await.unwrap().0, vec!["a", "b"]);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn frames_read_ahead_go_first_then_the_stream_continues() {
+        // Two frames are read at the start; the first attempt yields them,
+        // then reads on; a retry replays all of it, trailers included.
+        let (replay, first) =
+            Replay::start(Scripted::data(&["a", "b", "c"]).with_trailers(), 1024, None);
+        assert!(matches!(replay.mode, Mode::Streaming(_)));
+        assert!(!first.is_end_stream());
+        assert_eq!(first.size_hint().exact(), None);
+        assert_eq!(first.size_hint().lower(), 2);
+        let (sent, trailers) = drain(first).await.unwrap();
+        assert_eq!(sent, vec!["a", "b", "c"]);
+        assert!(trailers.is_some());
+        let (again, trailers) = drain(replay.body()).await.unwrap();
+        assert_eq!(again, vec!["a", "b", "c"]);
+        assert!(trailers.is_some());
+        // Dropped before yielding what it read ahead: the next attempt
+        // still gets everything, once.
+        let (replay, first) = Replay::start(Scripted::data(&["x", "y", "z"]), 1024, None);
+        drop(first);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["x", "y", "z"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_failing_while_read_ahead_fails_the_first_attempt_only_once_read() {
+        let mut body = Scripted::data(&["a"]);
+        body.fail_at_end = true;
+        let (replay, mut first) = Replay::start(body, 1024, None);
+        assert!(!replay.is_replayable(), "a failed body is never replayed");
+        assert!(matches!(poll_once(&mut first), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll_once(&mut first), Poll::Ready(Some(Err(_)))));
+        let mut failing = Scripted::default();
+        failing.fail_at_end = true;
+        let (replay, first) = Replay::start(failing, 1024, None);
+        assert!(!replay.is_replayable());
+        assert!(drain(first).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn read_ahead_over_the_limit_is_still_sent_in_full() {
+        let (replay, first) = Replay::start(Scripted::data(&["1234", "5678", "9"]), 6, None);
+        assert_eq!(drain(first).await.unwrap().0, vec!["1234", "5678", "9"]);
+        assert!(!replay.is_replayable());
     }
 }

@@ -8,7 +8,7 @@ use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::{Call, FirstAttempt, SharedService, clone_shared};
+use crate::attempt::{Begun, Call, FirstAttempt, SharedService, clone_shared};
 use crate::future::{FirstContext, ResponseFuture};
 use crate::layer::LayerState;
 
@@ -111,22 +111,25 @@ where
             attempts = field::Empty,
             outcome = field::Empty,
         );
-        let call = Call::new(state, policy_ref, &request, span.clone());
+        let (call, begun) = Call::start(state, policy_ref, request, span.clone());
         if call.policy().hedging.is_some() {
             // The hedging loop sends every attempt itself: it takes the
             // readied service and leaves a clone for the next call.
             let first_ready = self.ready_error.take().map_or(Ok(()), Err);
             let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
             return ResponseFuture::looping(Box::pin(
-                call.run_hedged(inner, first_ready, request)
-                    .instrument(span),
+                call.run_hedged(inner, first_ready, begun).instrument(span),
             ));
         }
         // The first attempt goes out now, on the service `poll_ready`
         // readied, exactly as it would without the layer.
-        let (replay, mut heads) = call.begin(request);
-        let (parts, first_deadline) = heads.next(1, &call);
-        let first = self.send_first(http::Request::from_parts(parts, Body::new(replay.body())));
+        let Begun {
+            replay,
+            heads,
+            first,
+            first_deadline,
+        } = begun;
+        let first = self.send_first(first);
         let service = self.spare.clone();
         match first {
             Ok(attempt) => ResponseFuture::first(
@@ -137,7 +140,6 @@ where
                     replay,
                     heads,
                     service,
-                    span,
                 },
             ),
             Err(error) => ResponseFuture::looping(Box::pin(
