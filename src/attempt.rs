@@ -64,23 +64,25 @@ pub(crate) struct Call {
 
 impl Call {
     /// Starts a call: resolves its limits, options and deadline (once, from
-    /// now), and splits the request into what every attempt shares (the
-    /// replay buffer, reserving from the layer's cap, and the head kept for
-    /// retries) and the first attempt, with its `grpc-timeout` written. The
+    /// now), and takes from `request` what every attempt shares (the replay
+    /// buffer, reserving from the layer's cap, and the head kept for
+    /// retries). `request` becomes the first attempt: its body the replay's
+    /// first body, its `grpc-timeout` the attempt's. It is changed in place
+    /// rather than split and rebuilt, which would copy it twice more. The
     /// call counts once toward the retry budget.
+    #[inline]
     pub(crate) fn start(
         state: Arc<LayerState>,
         policy_ref: PolicyRef,
-        request: http::Request<Body>,
+        request: &mut http::Request<Body>,
         span: Span,
     ) -> (Call, Begun) {
-        let (mut parts, body) = request.into_parts();
         // One pass over the headers keeps them for retries and finds the
         // caller's `grpc-timeout`.
-        let (template, request_timeout) = RequestTemplate::new(&parts);
+        let (template, request_timeout) = RequestTemplate::new(request);
         let policy = state.policy(policy_ref);
-        let options = parts
-            .extensions
+        let options = request
+            .extensions()
             .get::<CallOptions>()
             .copied()
             .unwrap_or_default();
@@ -97,6 +99,7 @@ impl Call {
             earliest_duration(policy.retry.timeout, policy.config_timeout),
         );
         let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
+        let body = std::mem::take(request.body_mut());
         let (replay, first_body) = Replay::start(
             body,
             policy.retry.replay_limit,
@@ -109,18 +112,18 @@ impl Call {
             max_attempts,
             non_idempotent: options.non_idempotent,
             deadline,
-            cancel: parts.extensions.get::<CancellationToken>().cloned(),
+            cancel: request.extensions().get::<CancellationToken>().cloned(),
             backoff: Backoff::default(),
-            metrics: CallMetrics::new(parts.uri.path()),
+            metrics: CallMetrics::new(request.uri().path()),
             span,
             policy_ref,
             state,
         };
-        let first_deadline = call.attempt_deadline(&mut parts.headers);
+        *request.body_mut() = Body::new(first_body);
+        let first_deadline = call.attempt_deadline(request.headers_mut());
         let begun = Begun {
             replay,
             heads: RequestHeads { template },
-            first: http::Request::from_parts(parts, Body::new(first_body)),
             first_deadline,
         };
         (call, begun)
@@ -340,6 +343,7 @@ impl Call {
 
     /// Ends the call with a committed response from `attempt`: releases the
     /// replay buffer and credits the throttling bucket.
+    #[inline]
     pub(crate) fn commit<B, R>(
         &self,
         replay: &Replay<B>,
@@ -622,14 +626,12 @@ pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     }
 }
 
-/// A started call: what its attempts share, and its first attempt.
+/// What the attempts of a started call share.
 pub(crate) struct Begun {
     pub(crate) replay: Replay<Body>,
     pub(crate) heads: RequestHeads,
-    /// The first attempt's request: the caller's own head (with the
-    /// attempt's `grpc-timeout`) and the replay's first body.
-    pub(crate) first: http::Request<Body>,
-    /// When the first attempt must end.
+    /// When the first attempt (the caller's request, changed in place) must
+    /// end.
     pub(crate) first_deadline: Option<Instant>,
 }
 
@@ -673,6 +675,7 @@ const HEADER_POOL_MAX_ENTRIES: usize = 64;
 /// request's own timeout from its `grpc-timeout` header, found on the way
 /// (saving a hashed lookup). A malformed value counts as absent, as the
 /// tonic `Channel` treats it.
+#[inline]
 fn pooled_copy(headers: &HeaderMap) -> (SavedHeaders, Option<Duration>) {
     let mut copy = HEADER_POOL
         .try_with(|pool| pool.borrow_mut().pop())
@@ -750,14 +753,15 @@ struct RequestTemplate {
 
 impl RequestTemplate {
     /// The template, and the request's `grpc-timeout` if it has one.
-    fn new(parts: &Parts) -> (Self, Option<Duration>) {
-        let (headers, timeout) = pooled_copy(&parts.headers);
+    #[inline]
+    fn new<B>(request: &http::Request<B>) -> (Self, Option<Duration>) {
+        let (headers, timeout) = pooled_copy(request.headers());
         let template = RequestTemplate {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
             headers,
-            extensions: SavedExtensions::new(&parts.extensions),
+            extensions: SavedExtensions::new(request.extensions()),
         };
         (template, timeout)
     }
@@ -795,9 +799,9 @@ mod tests {
         original.insert("te", HeaderValue::from_static("trailers"));
         for _ in 0..3 {
             let (template, timeout) = RequestTemplate::new(&{
-                let (mut parts, ()) = http::Request::new(()).into_parts();
-                parts.headers = original.clone();
-                parts
+                let mut request = http::Request::new(());
+                *request.headers_mut() = original.clone();
+                request
             });
             assert_eq!(timeout, None);
             assert_eq!(template.parts().headers, original);
@@ -834,11 +838,11 @@ mod tests {
 
     #[test]
     fn extensions_survive_for_retries() {
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts
-            .extensions
+        let mut request = http::Request::new(());
+        request
+            .extensions_mut()
             .insert(tonic::GrpcMethod::new("pkg.Svc", "M"));
-        let (template, _) = RequestTemplate::new(&parts);
+        let (template, _) = RequestTemplate::new(&request);
         assert!(matches!(
             template.extensions,
             SavedExtensions::GrpcMethod(_)
@@ -847,8 +851,10 @@ mod tests {
         let method = restored.get::<tonic::GrpcMethod<'static>>().unwrap();
         assert_eq!((method.service(), method.method()), ("pkg.Svc", "M"));
 
-        parts.extensions.insert(CallOptions::new().max_attempts(2));
-        let (template, _) = RequestTemplate::new(&parts);
+        request
+            .extensions_mut()
+            .insert(CallOptions::new().max_attempts(2));
+        let (template, _) = RequestTemplate::new(&request);
         assert!(matches!(template.extensions, SavedExtensions::Other(_)));
         let restored = template.parts().extensions;
         assert!(restored.get::<tonic::GrpcMethod<'static>>().is_some());

@@ -98,6 +98,7 @@ where
         }
     }
 
+    #[inline]
     pub(crate) fn first(
         attempt: S::Future,
         deadline: Option<Instant>,
@@ -191,6 +192,7 @@ where
 /// The first attempt finished: a commit ends the call here; anything else
 /// goes to the attempt loop.
 #[allow(clippy::type_complexity)]
+#[inline]
 fn finish_first<S, ResBody>(
     result: Result<http::Response<ResBody>, AttemptError>,
     first_deadline: Option<Instant>,

@@ -40,6 +40,7 @@ impl Call {
         inner: S,
         first_ready: Result<(), BoxError>,
         begun: Begun,
+        first: http::Request<Body>,
     ) -> Result<http::Response<ResBody>, BoxError>
     where
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
@@ -54,7 +55,6 @@ impl Call {
         let Begun {
             replay,
             mut heads,
-            first,
             first_deadline: _,
         } = begun;
         let mut first = Some(first);

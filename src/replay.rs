@@ -378,6 +378,7 @@ where
     /// assert_eq!(replay.body().collect().await.unwrap().to_bytes(), "request");
     /// # });
     /// ```
+    #[inline]
     pub fn start(
         mut body: B,
         limit: usize,
@@ -409,6 +410,7 @@ where
         }
     }
 
+    #[inline]
     fn whole(
         data: Option<Bytes>,
         trailers: Option<HeaderMap>,

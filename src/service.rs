@@ -96,7 +96,7 @@ where
         }
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let state = self.state.clone();
         let Some(policy_ref) = state.resolve(&request) else {
             tracing::trace!(
@@ -111,14 +111,15 @@ where
             attempts = field::Empty,
             outcome = field::Empty,
         );
-        let (call, begun) = Call::start(state, policy_ref, request, span.clone());
+        let (call, begun) = Call::start(state, policy_ref, &mut request, span.clone());
         if call.policy().hedging.is_some() {
             // The hedging loop sends every attempt itself: it takes the
             // readied service and leaves a clone for the next call.
             let first_ready = self.ready_error.take().map_or(Ok(()), Err);
             let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
             return ResponseFuture::looping(Box::pin(
-                call.run_hedged(inner, first_ready, begun).instrument(span),
+                call.run_hedged(inner, first_ready, begun, request)
+                    .instrument(span),
             ));
         }
         // The first attempt goes out now, on the service `poll_ready`
@@ -126,10 +127,9 @@ where
         let Begun {
             replay,
             heads,
-            first,
             first_deadline,
         } = begun;
-        let first = self.send_first(first);
+        let first = self.send_first(request);
         let service = self.spare.clone();
         match first {
             Ok(attempt) => ResponseFuture::first(
