@@ -258,7 +258,7 @@ impl Call {
                 () = cancelled(self.cancel.as_ref()) => {
                     return Err(self.surface_status(cancelled_status(), attempt));
                 }
-                () = tokio::time::sleep(delay) => {}
+                () = crate::timer::sleep_until(Instant::now() + delay) => {}
             }
         }
     }
@@ -615,6 +615,15 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Like [`sleep_until`], on the precise timer ([`crate::timer`]): for the
+/// waits the schedule sets (the next hedge), not for deadlines.
+pub(crate) async fn wait_until(at: Option<Instant>) {
+    match at {
+        Some(at) => crate::timer::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -27,6 +27,7 @@ use tracing::{Instrument, debug, debug_span, field};
 use crate::BoxError;
 use crate::attempt::{
     Begun, Call, Failure, Outcome, cancelled, cancelled_status, outcome, send, sleep_until,
+    wait_until,
 };
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
@@ -182,7 +183,7 @@ impl Call {
                     }
                     last_failure = Some((n, failure));
                 }
-                () = sleep_until(next_hedge), if can_hedge => {
+                () = wait_until(next_hedge), if can_hedge => {
                     if self.may_hedge(&replay) {
                         sent += 1;
                         debug!(attempt = sent, "sending a hedge");

@@ -60,6 +60,7 @@ pub mod pushback;
 pub mod replay;
 pub mod service;
 mod throttle;
+mod timer;
 
 pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
 pub use breaker::{
