@@ -32,7 +32,8 @@
 //!   calls retryable are retried (default: UNAVAILABLE, DEADLINE_EXCEEDED,
 //!   ABORTED). Response headers commit the call.
 //! * **Backoff.** gRPC's own schedule: `min(initial × multiplier^(n-1), max)`
-//!   with ±20 % jitter.
+//!   with ±20 % jitter, timed to a fraction of a millisecond (tokio's timer
+//!   alone rounds up to whole milliseconds).
 //! * **One deadline** across all attempts, propagated to the server through
 //!   `grpc-timeout`, surfaced as DEADLINE_EXCEEDED.
 //! * **Cancellation.** Dropping the call stops it; a
