@@ -80,7 +80,11 @@ struct Whole {
 
 impl Whole {
     fn release(&self) {
-        if self.replayable.swap(false, Ordering::AcqRel)
+        // A plain load first: every call commits, then drops its replay,
+        // so the second release is the common case and needs no atomic
+        // read-modify-write.
+        if self.replayable.load(Ordering::Acquire)
+            && self.replayable.swap(false, Ordering::AcqRel)
             && let Some(cap) = &self.cap
         {
             cap.release(self.reserved);
@@ -1152,8 +1156,10 @@ mod tests {
         assert!(!replay.is_replayable(), "a failed body is never replayed");
         assert!(matches!(poll_once(&mut first), Poll::Ready(Some(Ok(_)))));
         assert!(matches!(poll_once(&mut first), Poll::Ready(Some(Err(_)))));
-        let mut failing = Scripted::default();
-        failing.fail_at_end = true;
+        let failing = Scripted {
+            fail_at_end: true,
+            ..Default::default()
+        };
         let (replay, first) = Replay::start(failing, 1024, None);
         assert!(!replay.is_replayable());
         assert!(drain(first).await.is_err());
