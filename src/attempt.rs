@@ -501,14 +501,25 @@ pub(crate) fn outcome<ResBody>(
 pub(crate) fn response_outcome<ResBody>(
     mut response: http::Response<ResBody>,
 ) -> Result<http::Response<ResBody>, (Code, http::Response<ResBody>)> {
-    match classify::classify_response(&response) {
+    match commits(&mut response) {
+        Ok(()) => Ok(response),
+        Err(code) => Err((code, response)),
+    }
+}
+
+/// [`response_outcome`] in place: `Ok` if `response` commits the call (its
+/// undecodable status details stripped), else the failure code. The happy
+/// path uses this form, which never moves the response.
+#[inline]
+pub(crate) fn commits<ResBody>(response: &mut http::Response<ResBody>) -> Result<(), Code> {
+    match classify::classify_response(response) {
         ResponseKind::Commit { check_details } => {
             if check_details {
                 classify::strip_malformed_status_details(response.headers_mut());
             }
-            Ok(response)
+            Ok(())
         }
-        ResponseKind::Failed(code) => Err((code, response)),
+        ResponseKind::Failed(code) => Err(code),
     }
 }
 

@@ -22,8 +22,7 @@ use tracing::Instrument;
 
 use crate::BoxError;
 use crate::attempt::{
-    AttemptError, Call, FirstAttempt, RequestHeads, SharedService, cancelled_status,
-    response_outcome,
+    AttemptError, Call, FirstAttempt, RequestHeads, SharedService, cancelled_status, commits,
 };
 use crate::replay::Replay;
 
@@ -69,6 +68,8 @@ pin_project! {
         Looping { future: BoxedLoop<http::Response<ResBody>> },
         /// An error to return at once.
         Failed { error: Option<BoxError> },
+        /// The first attempt committed and its response was returned.
+        Done,
     }
 }
 
@@ -143,6 +144,9 @@ where
                         .unwrap_or_else(|| "ResponseFuture polled after completion".into());
                     return Poll::Ready(Err(error));
                 }
+                StateProj::Done => {
+                    return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+                }
                 StateProj::First {
                     attempt,
                     mut timer,
@@ -158,7 +162,21 @@ where
                         return Poll::Ready(Err(status));
                     }
                     let result = match attempt.poll(cx) {
-                        Poll::Ready(result) => result.map_err(|e| AttemptError::Failed(e.into())),
+                        Poll::Ready(Ok(mut response)) => {
+                            match (commits(&mut response), &*context) {
+                                // The happy path: commit through references and
+                                // drop the first attempt's state where it lies
+                                // (no move of the call's context).
+                                (Ok(()), Some(context)) => {
+                                    let response =
+                                        context.call.commit(&context.replay, response, 1);
+                                    self.as_mut().project().state.set(State::Done);
+                                    return Poll::Ready(Ok(response));
+                                }
+                                _ => Ok(response),
+                            }
+                        }
+                        Poll::Ready(Err(error)) => Err(AttemptError::Failed(error.into())),
                         Poll::Pending => {
                             if let Some(at) = *deadline {
                                 if timer.is_none() {
@@ -178,9 +196,8 @@ where
                     let Some(context) = context.take() else {
                         return Poll::Ready(Err("ResponseFuture polled after completion".into()));
                     };
-                    match finish_first(result, *deadline, context) {
-                        Ok(done) => return Poll::Ready(done),
-                        Err(looping) => State::Looping { future: looping },
+                    State::Looping {
+                        future: into_loop(result, *deadline, context),
                     }
                 }
             };
@@ -189,15 +206,13 @@ where
     }
 }
 
-/// The first attempt finished: a commit ends the call here; anything else
-/// goes to the attempt loop.
-#[allow(clippy::type_complexity)]
-#[inline]
-fn finish_first<S, ResBody>(
+/// The first attempt finished without committing (or timed out): the
+/// attempt loop takes the call from here.
+fn into_loop<S, ResBody>(
     result: Result<http::Response<ResBody>, AttemptError>,
     first_deadline: Option<Instant>,
     context: FirstContext<S>,
-) -> Result<Result<http::Response<ResBody>, BoxError>, BoxedLoop<http::Response<ResBody>>>
+) -> BoxedLoop<http::Response<ResBody>>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
@@ -211,15 +226,7 @@ where
         service,
     } = context;
     let span = call.span.clone();
-    let result = match result {
-        Ok(response) => match response_outcome(response) {
-            Ok(response) => return Ok(Ok(call.commit(&replay, response, 1))),
-            // A failure: the attempt loop takes it from here.
-            Err((_, response)) => Ok(response),
-        },
-        Err(error) => Err(error),
-    };
-    Err(Box::pin(
+    Box::pin(
         call.run(
             FirstAttempt::<S>::Finished(result),
             first_deadline,
@@ -228,7 +235,7 @@ where
             heads,
         )
         .instrument(span),
-    ))
+    )
 }
 
 impl<S, ResBody> fmt::Debug for ResponseFuture<S, ResBody>
@@ -237,5 +244,66 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::pin::pin;
+    use std::task::Waker;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::{RetryLayer, RetryPolicy};
+
+    /// An inner service that drains nothing and answers a Trailers-Only OK
+    /// at once.
+    fn ok_at_once() -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = std::future::Ready<Result<http::Response<Body>, Infallible>>,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_request: http::Request<Body>| {
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static("0"));
+            std::future::ready(Ok::<_, Infallible>(response))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_that_commits_releases_its_buffer_and_ends_the_future() {
+        let layer = RetryLayer::new(RetryPolicy::default());
+        let mut service = layer.layer(ok_at_once());
+        service.ready().await.unwrap();
+        let request = http::Request::new(Body::new(Full::new(Bytes::from_static(b"payload"))));
+        let mut future = pin!(service.call(request));
+        let mut cx = Context::from_waker(Waker::noop());
+        let response = match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => response,
+            _ => panic!("a ready OK commits on the first poll"),
+        };
+        assert_eq!(response.headers()["grpc-status"], "0");
+        assert!(
+            !response
+                .headers()
+                .contains_key("grpc-previous-rpc-attempts"),
+            "one attempt: nothing to report"
+        );
+        assert_eq!(layer.buffered_bytes(), 0, "the commit released the buffer");
+        // Polled again, it reports an error instead of panicking or
+        // polling the finished attempt.
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(error)) => assert!(error.to_string().contains("after completion")),
+            _ => panic!("a finished future answers with an error"),
+        }
     }
 }

@@ -111,48 +111,66 @@ where
             attempts = field::Empty,
             outcome = field::Empty,
         );
-        let (call, begun) = Call::start(state, policy_ref, &mut request, span.clone());
+        let (call, begun) = Call::start(state, policy_ref, &mut request, span);
         if call.policy().hedging.is_some() {
-            // The hedging loop sends every attempt itself: it takes the
-            // readied service and leaves a clone for the next call.
-            let first_ready = self.ready_error.take().map_or(Ok(()), Err);
-            let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
-            return ResponseFuture::looping(Box::pin(
-                call.run_hedged(inner, first_ready, begun, request)
-                    .instrument(span),
-            ));
+            return self.hedged(call, begun, request);
         }
         // The first attempt goes out now, on the service `poll_ready`
-        // readied, exactly as it would without the layer.
-        let Begun {
-            replay,
-            heads,
-            first_deadline,
-        } = begun;
-        let first = self.send_first(request);
-        let service = self.spare.clone();
-        match first {
-            Ok(attempt) => ResponseFuture::first(
-                attempt,
-                first_deadline,
+        // readied, exactly as it would without the layer. The future is
+        // built in one expression from the call's parts: this is the path
+        // every call takes, and each intermediate struct would be another
+        // copy of several hundred bytes.
+        match self.ready_error.take() {
+            None => ResponseFuture::first(
+                self.inner.call(request),
+                begun.first_deadline,
                 FirstContext {
                     call,
-                    replay,
-                    heads,
-                    service,
+                    replay: begun.replay,
+                    heads: begun.heads,
+                    service: self.spare.clone(),
                 },
             ),
-            Err(error) => ResponseFuture::looping(Box::pin(
-                call.run(
-                    FirstAttempt::<S>::InFlight(Err(error)),
-                    first_deadline,
-                    service,
-                    replay,
-                    heads,
-                )
-                .instrument(span),
-            )),
+            Some(error) => {
+                let span = call.span.clone();
+                ResponseFuture::looping(Box::pin(
+                    call.run(
+                        FirstAttempt::<S>::InFlight(Err(error)),
+                        begun.first_deadline,
+                        self.spare.clone(),
+                        begun.replay,
+                        begun.heads,
+                    )
+                    .instrument(span),
+                ))
+            }
         }
+    }
+}
+
+impl<S, ResBody> Retry<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    /// A hedged call: the hedging loop sends every attempt itself, so it
+    /// takes the readied service and leaves a clone for the next call.
+    #[cold]
+    fn hedged(
+        &mut self,
+        call: Call,
+        begun: Begun,
+        request: http::Request<Body>,
+    ) -> ResponseFuture<S, ResBody> {
+        let first_ready = self.ready_error.take().map_or(Ok(()), Err);
+        let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
+        let span = call.span.clone();
+        ResponseFuture::looping(Box::pin(
+            call.run_hedged(inner, first_ready, begun, request)
+                .instrument(span),
+        ))
     }
 }
 
