@@ -18,8 +18,8 @@
 //!
 //! Only retries and hedges sleep, so the happy path never touches either.
 //! A sleep that is dropped early (the call was cancelled) leaves its entry
-//! behind, marked cancelled, until its deadline passes; nothing is woken for
-//! it.
+//! behind, with no waker, until its deadline passes or the heap next doubles
+//! in size, when such entries are purged; nothing is woken for it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -109,6 +109,17 @@ struct Entry {
     waker: Mutex<Option<Waker>>,
 }
 
+impl Entry {
+    /// Its sleep was dropped before it fired: nobody is waiting.
+    fn abandoned(&self) -> bool {
+        !self.fired.load(Ordering::Acquire) && lock(&self.waker).is_none()
+    }
+}
+
+/// The heap size from which dropped sleeps are purged (each time it
+/// doubles).
+const PURGE_AT: usize = 1024;
+
 /// Heap order: earliest deadline first.
 struct Due(Arc<Entry>);
 
@@ -157,6 +168,12 @@ impl TimerThread {
 
     fn add(&self, entry: Arc<Entry>) {
         let mut due = lock(&self.due);
+        if due.len() >= PURGE_AT && due.len().is_power_of_two() {
+            // Dropped sleeps stay until their deadline, which a pushback can
+            // put days away: clear them out whenever the heap doubles, so
+            // cancelled calls cannot pile up (amortised O(1) per sleep).
+            due.retain(|Reverse(Due(entry))| !entry.abandoned());
+        }
         let earliest = due
             .peek()
             .is_none_or(|Reverse(first)| entry.deadline < first.0.deadline);
@@ -242,6 +259,37 @@ mod tests {
         )
         .await
         .expect("every sleep is woken");
+    }
+
+    #[test]
+    fn dropped_sleeps_are_purged_before_they_pile_up() {
+        let timer = TimerThread {
+            due: Mutex::new(BinaryHeap::new()),
+            changed: Condvar::new(),
+        };
+        let far = StdInstant::now() + Duration::from_secs(24 * 3600);
+        let entry = |waiting: bool| {
+            Arc::new(Entry {
+                deadline: far,
+                fired: AtomicBool::new(false),
+                waker: Mutex::new(waiting.then(|| Waker::noop().clone())),
+            })
+        };
+        // Every sleep but one was dropped (no waker left) before it fired.
+        for n in 0..4 * PURGE_AT {
+            timer.add(entry(n == 7));
+        }
+        let due = lock(&timer.due);
+        assert!(
+            due.len() <= PURGE_AT + 1,
+            "{} entries kept for dropped sleeps",
+            due.len()
+        );
+        assert_eq!(
+            due.iter().filter(|Reverse(Due(e))| !e.abandoned()).count(),
+            1,
+            "the sleep still waiting is kept"
+        );
     }
 
     #[tokio::test(start_paused = true)]
