@@ -137,9 +137,8 @@ where
     start.elapsed()
 }
 
-/// Concurrency 1: every round makes `calls` calls on each side, the sides
-/// taking turns call by call (the first side rotating), and compares the
-/// summed call times.
+/// Concurrency 1: every round makes `calls` calls on each side, in turns
+/// ([`c1_round`]), and compares the summed call times.
 async fn compare_c1(
     raw: &EchoClient<Channel>,
     layered: &EchoClient<Retry<Channel>>,

@@ -804,6 +804,21 @@ mod tests {
     }
 
     /// Everything a body yields: data chunks and trailers.
+    /// After a commit: not replayable, and a new attempt's body fails with
+    /// `Released` instead of sending a partial request.
+    async fn assert_released<B>(replay: &Replay<B>)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        assert!(!replay.is_replayable());
+        let err = drain(replay.body()).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ReplayError>(),
+            Some(&ReplayError::Released)
+        );
+    }
+
     async fn drain<B: Body<Data = Bytes> + Unpin>(
         mut body: B,
     ) -> Result<(Vec<Bytes>, Option<HeaderMap>), B::Error> {
@@ -955,12 +970,7 @@ mod tests {
         assert_eq!(replay.buffered_bytes(), 3);
         replay.commit();
         assert_eq!(replay.buffered_bytes(), 0);
-        assert!(!replay.is_replayable());
-        let err = drain(replay.body()).await.unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<ReplayError>(),
-            Some(&ReplayError::Released)
-        );
+        assert_released(&replay).await;
     }
 
     #[tokio::test]
@@ -1046,12 +1056,7 @@ mod tests {
         assert_eq!(again[0].as_ptr(), chunk.as_ptr(), "no copy per attempt");
         replay.commit();
         assert_eq!(cap.used(), 0);
-        assert!(!replay.is_replayable());
-        let err = drain(replay.body()).await.unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<ReplayError>(),
-            Some(&ReplayError::Released)
-        );
+        assert_released(&replay).await;
     }
 
     #[tokio::test]
