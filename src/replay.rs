@@ -803,7 +803,6 @@ mod tests {
         }
     }
 
-    /// Everything a body yields: data chunks and trailers.
     /// After a commit: not replayable, and a new attempt's body fails with
     /// `Released` instead of sending a partial request.
     async fn assert_released<B>(replay: &Replay<B>)
@@ -819,6 +818,7 @@ mod tests {
         );
     }
 
+    /// Everything a body yields: data chunks and trailers.
     async fn drain<B: Body<Data = Bytes> + Unpin>(
         mut body: B,
     ) -> Result<(Vec<Bytes>, Option<HeaderMap>), B::Error> {

@@ -18,14 +18,14 @@
 //!
 //! Only retries and hedges sleep, so the happy path never touches either.
 //! A sleep that is dropped early (the call was cancelled) leaves its entry
-//! behind, with no waker, until its deadline passes or the heap next doubles
-//! in size, when such entries are purged; nothing is woken for it.
+//! behind, with no waker, until its deadline passes or the heap has doubled
+//! since the last purge of such entries; nothing is woken for it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant as StdInstant;
@@ -116,8 +116,7 @@ impl Entry {
     }
 }
 
-/// The heap size from which dropped sleeps are purged (each time it
-/// doubles).
+/// The smallest heap size at which dropped sleeps are purged.
 const PURGE_AT: usize = 1024;
 
 /// Heap order: earliest deadline first.
@@ -145,7 +144,22 @@ impl Ord for Due {
 
 struct TimerThread {
     due: Mutex<BinaryHeap<Reverse<Due>>>,
+    /// The heap size at which dropped sleeps are next purged: twice what
+    /// the last purge kept (at least [`PURGE_AT`]), so purges stay
+    /// amortised O(1) per sleep even when many live sleeps remain. Read
+    /// and written only under the `due` lock.
+    purge_at: AtomicUsize,
     changed: Condvar,
+}
+
+impl TimerThread {
+    fn new() -> Self {
+        TimerThread {
+            due: Mutex::new(BinaryHeap::new()),
+            purge_at: AtomicUsize::new(PURGE_AT),
+            changed: Condvar::new(),
+        }
+    }
 }
 
 impl TimerThread {
@@ -154,10 +168,7 @@ impl TimerThread {
     fn get() -> Option<&'static TimerThread> {
         static TIMER: OnceLock<Option<&'static TimerThread>> = OnceLock::new();
         *TIMER.get_or_init(|| {
-            let timer: &'static TimerThread = Box::leak(Box::new(TimerThread {
-                due: Mutex::new(BinaryHeap::new()),
-                changed: Condvar::new(),
-            }));
+            let timer: &'static TimerThread = Box::leak(Box::new(TimerThread::new()));
             std::thread::Builder::new()
                 .name("tonic-retry-timer".into())
                 .spawn(move || timer.run())
@@ -168,11 +179,13 @@ impl TimerThread {
 
     fn add(&self, entry: Arc<Entry>) {
         let mut due = lock(&self.due);
-        if due.len() >= PURGE_AT && due.len().is_power_of_two() {
+        if due.len() >= self.purge_at.load(Ordering::Relaxed) {
             // Dropped sleeps stay until their deadline, which a pushback can
-            // put days away: clear them out whenever the heap doubles, so
-            // cancelled calls cannot pile up (amortised O(1) per sleep).
+            // put days away: clear them out whenever the heap has doubled
+            // since the last purge, so cancelled calls cannot pile up.
             due.retain(|Reverse(Due(entry))| !entry.abandoned());
+            self.purge_at
+                .store((2 * due.len()).max(PURGE_AT), Ordering::Relaxed);
         }
         let earliest = due
             .peek()
@@ -263,10 +276,7 @@ mod tests {
 
     #[test]
     fn dropped_sleeps_are_purged_before_they_pile_up() {
-        let timer = TimerThread {
-            due: Mutex::new(BinaryHeap::new()),
-            changed: Condvar::new(),
-        };
+        let timer = TimerThread::new();
         let far = StdInstant::now() + Duration::from_secs(24 * 3600);
         let entry = |waiting: bool| {
             Arc::new(Entry {
@@ -289,6 +299,19 @@ mod tests {
             due.iter().filter(|Reverse(Due(e))| !e.abandoned()).count(),
             1,
             "the sleep still waiting is kept"
+        );
+        drop(due);
+
+        // Many live sleeps: the next purge waits until the heap has doubled
+        // again, instead of rescanning the live ones every few sleeps.
+        for _ in 0..3 * PURGE_AT {
+            timer.add(entry(true));
+        }
+        let live = lock(&timer.due).len();
+        assert_eq!(live, 3 * PURGE_AT + 1, "live sleeps are never purged");
+        assert!(
+            timer.purge_at.load(Ordering::Relaxed) > live,
+            "the next purge comes only after the heap grows again"
         );
     }
 
