@@ -17,7 +17,6 @@
 //! 4. The final result is surfaced unchanged, with the number of previous
 //!    attempts added as `grpc-previous-rpc-attempts` metadata.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +36,6 @@ use crate::classify::{self, ResponseKind, code_name};
 use crate::deadline;
 use crate::layer::{CallPolicy, LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
-use crate::options::CallOptions;
-use crate::policy::DEFAULT_MAX_ATTEMPTS_CAP;
 use crate::pushback::{self, Pushback};
 use crate::replay::Replay;
 
@@ -63,72 +60,6 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Starts a call: resolves its limits, options and deadline (once, from
-    /// now), and takes from `request` what every attempt shares (the replay
-    /// buffer, reserving from the layer's cap, and the head kept for
-    /// retries). `request` becomes the first attempt: its body the replay's
-    /// first body, its `grpc-timeout` the attempt's. It is changed in place
-    /// rather than split and rebuilt, which would copy it twice more. The
-    /// call counts once toward the retry budget.
-    #[inline]
-    pub(crate) fn start(
-        state: Arc<LayerState>,
-        policy_ref: PolicyRef,
-        request: &mut http::Request<Body>,
-        span: Span,
-    ) -> (Call, Begun) {
-        // One pass over the headers keeps them for retries and finds the
-        // caller's `grpc-timeout`.
-        let (template, request_timeout) = RequestTemplate::new(request);
-        let policy = state.policy(policy_ref);
-        let options = request
-            .extensions()
-            .get::<CallOptions>()
-            .copied()
-            .unwrap_or_default();
-        let (policy_attempts, cap) = match policy.hedging {
-            Some(hedging) => (
-                hedging.max_attempts.clamp(1, DEFAULT_MAX_ATTEMPTS_CAP),
-                DEFAULT_MAX_ATTEMPTS_CAP,
-            ),
-            None => (policy.retry.max_attempts, policy.retry.max_attempts_cap),
-        };
-        let max_attempts = options.max_attempts.map_or(policy_attempts, |n| n.min(cap));
-        let limit = earliest_duration(
-            request_timeout,
-            earliest_duration(policy.retry.timeout, policy.config_timeout),
-        );
-        let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
-        let body = std::mem::take(request.body_mut());
-        let (replay, first_body) = Replay::start(
-            body,
-            policy.retry.replay_limit,
-            Some(state.buffer_cap.clone()),
-        );
-        if let Some(budget) = &state.budget {
-            budget.deposit();
-        }
-        let call = Call {
-            max_attempts,
-            non_idempotent: options.non_idempotent,
-            deadline,
-            cancel: request.extensions().get::<CancellationToken>().cloned(),
-            backoff: Backoff::default(),
-            metrics: CallMetrics::new(request.uri().path()),
-            span,
-            policy_ref,
-            state,
-        };
-        *request.body_mut() = Body::new(first_body);
-        let first_deadline = call.attempt_deadline(request.headers_mut());
-        let begun = Begun {
-            replay,
-            heads: RequestHeads { template },
-            first_deadline,
-        };
-        (call, begun)
-    }
-
     /// The policy this call resolved to.
     pub(crate) fn policy(&self) -> CallPolicy<'_> {
         self.state.policy(self.policy_ref)
@@ -139,12 +70,12 @@ impl Call {
     /// readiness returned), possibly already answered; later attempts go out
     /// on clones of `service`.
     pub(crate) async fn run<S, ResBody>(
-        mut self,
+        &mut self,
         first: FirstAttempt<S>,
         first_deadline: Option<Instant>,
         service: SharedService<S>,
-        replay: Replay<Body>,
-        mut heads: RequestHeads,
+        replay: &Replay<Body>,
+        heads: &mut RequestHeads,
     ) -> Result<http::Response<ResBody>, BoxError>
     where
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
@@ -161,7 +92,7 @@ impl Call {
                 Some(FirstAttempt::InFlight(first)) => (Sending::First(first), first_deadline),
                 Some(FirstAttempt::Finished(result)) => (Sending::Finished(result), first_deadline),
                 None => {
-                    let (parts, deadline) = heads.next(attempt, &self);
+                    let (parts, deadline) = heads.next(attempt, self);
                     let request = http::Request::from_parts(parts, Body::new(replay.body()));
                     (Sending::Later(service.clone(), Box::new(request)), deadline)
                 }
@@ -219,7 +150,7 @@ impl Call {
                 Ok(response) => match response_outcome(response) {
                     Ok(response) => {
                         attempt_span.record("code", "committed");
-                        return Ok(self.commit(&replay, response, attempt));
+                        return Ok(self.commit(replay, response, attempt));
                     }
                     Err((code, response)) => Failure::Response { code, response },
                 },
@@ -227,10 +158,10 @@ impl Call {
             let code = failure.code();
             attempt_span.record("code", code_name(code));
 
-            let delay = match self.decide(&failure, attempt, &replay) {
+            let delay = match self.decide(&failure, attempt, replay) {
                 Verdict::Final(reason) => {
                     debug!(attempt, code = code_name(code), reason, "final status");
-                    return failure.surface(&self, attempt);
+                    return failure.surface(self, attempt);
                 }
                 Verdict::RetryAfter(delay) => delay,
             };
@@ -266,7 +197,7 @@ impl Call {
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
     /// The clock is read only when the call has a deadline or per-attempt
     /// timeout.
-    fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
+    pub(crate) fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
         let per_attempt = self.policy().retry.per_attempt_timeout;
         if self.deadline.is_none() && per_attempt.is_none() {
             return None;
@@ -609,7 +540,7 @@ pub(crate) fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
-fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+pub(crate) fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -646,26 +577,81 @@ pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     }
 }
 
-/// What the attempts of a started call share.
-pub(crate) struct Begun {
-    pub(crate) replay: Replay<Body>,
-    pub(crate) heads: RequestHeads,
-    /// When the first attempt (the caller's request, changed in place) must
-    /// end.
-    pub(crate) first_deadline: Option<Instant>,
-}
-
 /// The request heads of attempts after the first: copies of the caller's
 /// head, with the attempt's metadata written in.
+///
+/// It lives in a pooled [`CallKit`](crate::kit::CallKit) and is refilled
+/// call after call: its list of headers keeps its room, so copying a
+/// request's headers clones only reference-counted (or static) names and
+/// values, hashes nothing and allocates nothing. A `HeaderMap` is built
+/// only for a retry.
 pub(crate) struct RequestHeads {
-    template: RequestTemplate,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    extensions: SavedExtensions,
 }
 
+/// The longest header list a pooled kit keeps room for.
+const KEPT_HEADER_ROOM: usize = 64;
+
 impl RequestHeads {
+    /// Holds no request yet.
+    pub(crate) fn empty() -> Self {
+        RequestHeads {
+            method: Method::POST,
+            uri: Uri::default(),
+            version: Version::default(),
+            headers: Vec::new(),
+            extensions: SavedExtensions::Empty,
+        }
+    }
+
+    /// Keeps `request`'s head for retries, and returns the request's own
+    /// timeout from its `grpc-timeout` header, found on the way (saving a
+    /// hashed lookup). A malformed value counts as absent, as the tonic
+    /// `Channel` treats it.
+    #[inline]
+    pub(crate) fn fill<B>(&mut self, request: &http::Request<B>) -> Option<Duration> {
+        self.method.clone_from(request.method());
+        self.uri.clone_from(request.uri());
+        self.version = request.version();
+        self.extensions = SavedExtensions::new(request.extensions());
+        let mut timeout = None;
+        let headers = request.headers();
+        self.headers.reserve(headers.len());
+        for (name, value) in headers {
+            if timeout.is_none() && *name == deadline::GRPC_TIMEOUT {
+                timeout = deadline::parse_grpc_timeout(value.as_bytes());
+            }
+            self.headers.push((name.clone(), value.clone()));
+        }
+        timeout
+    }
+
+    /// Drops the kept head's values (the URI and method, small and
+    /// holding no resource, are overwritten by the next call). A very long
+    /// list gives its room back.
+    pub(crate) fn clear(&mut self) {
+        if self.headers.capacity() > KEPT_HEADER_ROOM {
+            self.headers = Vec::new();
+        } else {
+            self.headers.clear();
+        }
+        self.extensions = SavedExtensions::Empty;
+    }
+
+    /// Whether no header is kept.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
     /// The head of attempt `n` (1-based; a transparent retry resends
     /// attempt 1) and when that attempt must end.
     pub(crate) fn next(&mut self, n: u32, call: &Call) -> (Parts, Option<Instant>) {
-        let mut parts = self.template.parts();
+        let mut parts = self.parts();
         if n > 1 {
             parts
                 .headers
@@ -674,56 +660,20 @@ impl RequestHeads {
         let deadline = call.attempt_deadline(&mut parts.headers);
         (parts, deadline)
     }
-}
 
-thread_local! {
-    /// Emptied header lists from finished calls. Every call keeps a copy of
-    /// its headers in case it is retried. Copying into a reused list clones
-    /// only reference-counted (or static) names and values and hashes
-    /// nothing, so on the happy path keeping the copy allocates nothing once
-    /// the pool is warm; a `HeaderMap` is built only for a retry.
-    static HEADER_POOL: RefCell<Vec<SavedHeaders>> = const { RefCell::new(Vec::new()) };
-}
-
-type SavedHeaders = Vec<(HeaderName, HeaderValue)>;
-
-/// Lists kept per thread, and the longest list worth keeping.
-const HEADER_POOL_SIZE: usize = 32;
-const HEADER_POOL_MAX_ENTRIES: usize = 64;
-
-/// A copy of `headers` in a list from the pool (or a new one), and the
-/// request's own timeout from its `grpc-timeout` header, found on the way
-/// (saving a hashed lookup). A malformed value counts as absent, as the
-/// tonic `Channel` treats it.
-#[inline]
-fn pooled_copy(headers: &HeaderMap) -> (SavedHeaders, Option<Duration>) {
-    let mut copy = HEADER_POOL
-        .try_with(|pool| pool.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let mut timeout = None;
-    copy.extend(headers.iter().map(|(name, value)| {
-        if timeout.is_none() && *name == deadline::GRPC_TIMEOUT {
-            timeout = deadline::parse_grpc_timeout(value.as_bytes());
+    /// A new head for a retry (allocating: only retries pay for it).
+    fn parts(&self) -> Parts {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.version = self.version;
+        parts.headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            parts.headers.append(name.clone(), value.clone());
         }
-        (name.clone(), value.clone())
-    }));
-    (copy, timeout)
-}
-
-/// Returns a list to the pool, emptied, if it is small enough to keep.
-fn recycle(mut headers: SavedHeaders) {
-    if headers.capacity() > HEADER_POOL_MAX_ENTRIES {
-        return;
+        parts.extensions = self.extensions.restore();
+        parts
     }
-    headers.clear();
-    let _ = HEADER_POOL.try_with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if pool.len() < HEADER_POOL_SIZE {
-            pool.push(headers);
-        }
-    });
 }
 
 /// The request's extensions, kept for retries. tonic's generated clients
@@ -761,70 +711,30 @@ impl SavedExtensions {
     }
 }
 
-/// What is needed to rebuild the request head for a retry, since the inner
-/// service consumes each attempt's request.
-struct RequestTemplate {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: SavedHeaders,
-    extensions: SavedExtensions,
-}
-
-impl RequestTemplate {
-    /// The template, and the request's `grpc-timeout` if it has one.
-    #[inline]
-    fn new<B>(request: &http::Request<B>) -> (Self, Option<Duration>) {
-        let (headers, timeout) = pooled_copy(request.headers());
-        let template = RequestTemplate {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers,
-            extensions: SavedExtensions::new(request.extensions()),
-        };
-        (template, timeout)
-    }
-
-    /// A new head for a retry (allocating: only retries pay for it).
-    fn parts(&self) -> Parts {
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.method = self.method.clone();
-        parts.uri = self.uri.clone();
-        parts.version = self.version;
-        parts.headers = HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            parts.headers.append(name.clone(), value.clone());
-        }
-        parts.extensions = self.extensions.restore();
-        parts
-    }
-}
-
-impl Drop for RequestTemplate {
-    fn drop(&mut self) {
-        recycle(std::mem::take(&mut self.headers));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::CallOptions;
+
+    fn request_with(headers: HeaderMap) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.headers_mut() = headers;
+        request
+    }
 
     #[test]
-    fn pooled_copies_keep_every_value_in_order() {
+    fn refilled_heads_keep_every_value_in_order() {
         let mut original = HeaderMap::new();
         original.append("x-a", HeaderValue::from_static("1"));
         original.append("x-a", HeaderValue::from_static("2"));
         original.insert("te", HeaderValue::from_static("trailers"));
+        let mut heads = RequestHeads::empty();
         for _ in 0..3 {
-            let (template, timeout) = RequestTemplate::new(&{
-                let mut request = http::Request::new(());
-                *request.headers_mut() = original.clone();
-                request
-            });
+            let timeout = heads.fill(&request_with(original.clone()));
             assert_eq!(timeout, None);
-            assert_eq!(template.parts().headers, original);
+            assert_eq!(heads.parts().headers, original);
+            heads.clear();
+            assert!(heads.is_empty());
         }
         let mut big = HeaderMap::new();
         for i in 0..200 {
@@ -833,14 +743,13 @@ mod tests {
                 HeaderValue::from_static("v"),
             );
         }
-        let (copy, _) = pooled_copy(&big);
-        assert_eq!(copy.len(), 200);
-        recycle(copy); // too large to keep; dropped
-        assert!(HEADER_POOL.with(|p| {
-            p.borrow()
-                .iter()
-                .all(|m| m.is_empty() && m.capacity() <= 64)
-        }));
+        heads.fill(&request_with(big));
+        assert_eq!(heads.headers.len(), 200);
+        heads.clear();
+        assert!(
+            heads.headers.capacity() <= KEPT_HEADER_ROOM,
+            "a very long list gives its room back"
+        );
     }
 
     #[test]
@@ -848,12 +757,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
         headers.insert(deadline::GRPC_TIMEOUT, HeaderValue::from_static("250m"));
-        let (copy, timeout) = pooled_copy(&headers);
+        let mut heads = RequestHeads::empty();
+        let timeout = heads.fill(&request_with(headers.clone()));
         assert_eq!(timeout, Some(Duration::from_millis(250)));
-        assert_eq!(copy.len(), 2, "grpc-timeout is kept for retries too");
+        assert_eq!(
+            heads.headers.len(),
+            2,
+            "grpc-timeout is kept for retries too"
+        );
+        heads.clear();
         // A malformed value counts as absent, as the tonic Channel treats it.
         headers.insert(deadline::GRPC_TIMEOUT, HeaderValue::from_static("soon"));
-        assert_eq!(pooled_copy(&headers).1, None);
+        assert_eq!(heads.fill(&request_with(headers)), None);
     }
 
     #[test]
@@ -862,25 +777,38 @@ mod tests {
         request
             .extensions_mut()
             .insert(tonic::GrpcMethod::new("pkg.Svc", "M"));
-        let (template, _) = RequestTemplate::new(&request);
-        assert!(matches!(
-            template.extensions,
-            SavedExtensions::GrpcMethod(_)
-        ));
-        let restored = template.parts().extensions;
+        let mut heads = RequestHeads::empty();
+        heads.fill(&request);
+        assert!(matches!(heads.extensions, SavedExtensions::GrpcMethod(_)));
+        let restored = heads.parts().extensions;
         let method = restored.get::<tonic::GrpcMethod<'static>>().unwrap();
         assert_eq!((method.service(), method.method()), ("pkg.Svc", "M"));
 
         request
             .extensions_mut()
             .insert(CallOptions::new().max_attempts(2));
-        let (template, _) = RequestTemplate::new(&request);
-        assert!(matches!(template.extensions, SavedExtensions::Other(_)));
-        let restored = template.parts().extensions;
+        heads.clear();
+        heads.fill(&request);
+        assert!(matches!(heads.extensions, SavedExtensions::Other(_)));
+        let restored = heads.parts().extensions;
         assert!(restored.get::<tonic::GrpcMethod<'static>>().is_some());
         assert_eq!(
             restored.get::<CallOptions>(),
             Some(&CallOptions::new().max_attempts(2))
         );
+    }
+
+    #[test]
+    fn the_kept_head_rebuilds_method_uri_and_version() {
+        let mut request = http::Request::new(());
+        *request.method_mut() = Method::PUT;
+        *request.uri_mut() = Uri::from_static("http://h/pkg.Svc/M");
+        *request.version_mut() = Version::HTTP_2;
+        let mut heads = RequestHeads::empty();
+        heads.fill(&request);
+        let parts = heads.parts();
+        assert_eq!(parts.method, Method::PUT);
+        assert_eq!(parts.uri, "http://h/pkg.Svc/M");
+        assert_eq!(parts.version, Version::HTTP_2);
     }
 }

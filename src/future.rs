@@ -5,8 +5,9 @@
 //! `Retry::call`), its deadline and its cancellation token, and returns a
 //! committed response directly. Only when the first attempt fails does it
 //! box the attempt loop (an `async fn`, far easier to read than a hand-made
-//! state machine) and hand over to it. The happy path thus allocates no
-//! future and copies no large state.
+//! state machine) and hand over to it. The call's own state stays in its
+//! pooled [`CallKit`](crate::kit::CallKit), which the future points to, so
+//! the happy path allocates no future and moves no large state.
 
 use std::fmt;
 use std::future::Future;
@@ -14,17 +15,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::BoxError;
-use crate::attempt::{
-    AttemptError, Call, FirstAttempt, RequestHeads, SharedService, cancelled_status, commits,
-};
-use crate::replay::Replay;
+use crate::attempt::{AttemptError, FirstAttempt, SharedService, cancelled_status, commits};
+use crate::kit::{self, KitBox};
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
@@ -55,13 +52,9 @@ pin_project! {
         First {
             #[pin]
             attempt: S::Future,
-            // Created on first poll (a `Sleep` needs the runtime), only if
-            // the attempt has a deadline.
-            #[pin]
-            timer: Option<Sleep>,
-            deadline: Option<Instant>,
-            cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-            context: Option<FirstContext<S>>,
+            // Taken when the call ends or moves on to the attempt loop.
+            kit: Option<KitBox>,
+            service: SharedService<S>,
         },
         /// The attempt loop, after a failed first attempt (or for a hedged
         /// call, or when the inner service failed to become ready).
@@ -71,14 +64,6 @@ pin_project! {
         /// The first attempt committed and its response was returned.
         Done,
     }
-}
-
-/// What the attempt loop needs if the first attempt fails.
-pub(crate) struct FirstContext<S> {
-    pub(crate) call: Call,
-    pub(crate) replay: Replay<Body>,
-    pub(crate) heads: RequestHeads,
-    pub(crate) service: SharedService<S>,
 }
 
 impl<S, ResBody> ResponseFuture<S, ResBody>
@@ -99,24 +84,14 @@ where
         }
     }
 
+    /// A retried call whose first attempt, `attempt`, is in flight.
     #[inline]
-    pub(crate) fn first(
-        attempt: S::Future,
-        deadline: Option<Instant>,
-        context: FirstContext<S>,
-    ) -> Self {
-        let cancel = context
-            .call
-            .cancel
-            .clone()
-            .map(|token| Box::pin(token.cancelled_owned()));
+    pub(crate) fn first(attempt: S::Future, kit: KitBox, service: SharedService<S>) -> Self {
         ResponseFuture {
             state: State::First {
                 attempt,
-                timer: None,
-                deadline,
-                cancel,
-                context: Some(context),
+                kit: Some(kit),
+                service,
             },
         }
     }
@@ -149,55 +124,60 @@ where
                 }
                 StateProj::First {
                     attempt,
-                    mut timer,
-                    deadline,
-                    cancel,
-                    context,
+                    kit,
+                    service,
                 } => {
-                    if let Some(cancel) = cancel
-                        && cancel.as_mut().poll(cx).is_ready()
-                        && let Some(context) = context.take()
+                    let Some(kit_box) = kit.as_mut() else {
+                        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+                    };
+                    let parts = kit_box.as_mut().project();
+                    if let Some(cancelled) = parts.cancelled.as_pin_mut()
+                        && cancelled.poll(cx).is_ready()
                     {
-                        let status = context.call.surface_status(cancelled_status(), 1);
+                        let status = parts.call.surface_status(cancelled_status(), 1);
+                        if let Some(kit) = kit.take() {
+                            kit::recycle(kit);
+                        }
+                        self.as_mut().project().state.set(State::Done);
                         return Poll::Ready(Err(status));
                     }
                     let result = match attempt.poll(cx) {
                         Poll::Ready(Ok(mut response)) => {
-                            match (commits(&mut response), &*context) {
-                                // The happy path: commit through references and
-                                // drop the first attempt's state where it lies
-                                // (no move of the call's context).
-                                (Ok(()), Some(context)) => {
-                                    let response =
-                                        context.call.commit(&context.replay, response, 1);
-                                    self.as_mut().project().state.set(State::Done);
-                                    return Poll::Ready(Ok(response));
+                            if commits(&mut response).is_ok() {
+                                // The happy path: commit, and return the
+                                // kit to the pool (no move of the call's
+                                // state, no response moved twice).
+                                let response = parts.call.commit(parts.replay, response, 1);
+                                if let Some(kit) = kit.take() {
+                                    kit::recycle(kit);
                                 }
-                                _ => Ok(response),
+                                self.as_mut().project().state.set(State::Done);
+                                return Poll::Ready(Ok(response));
                             }
+                            Ok(response)
                         }
                         Poll::Ready(Err(error)) => Err(AttemptError::Failed(error.into())),
                         Poll::Pending => {
-                            if let Some(at) = *deadline {
-                                if timer.is_none() {
-                                    timer.set(Some(tokio::time::sleep_until(at)));
-                                }
-                                if let Some(timer) = timer.as_pin_mut()
-                                    && timer.poll(cx).is_pending()
-                                {
-                                    return Poll::Pending;
-                                }
-                                Err(AttemptError::TimedOut)
-                            } else {
+                            let Some(at) = *parts.first_deadline else {
+                                return Poll::Pending;
+                            };
+                            let mut timer = parts.timer;
+                            if timer.is_none() {
+                                timer.set(Some(tokio::time::sleep_until(at)));
+                            }
+                            if let Some(timer) = timer.as_pin_mut()
+                                && timer.poll(cx).is_pending()
+                            {
                                 return Poll::Pending;
                             }
+                            Err(AttemptError::TimedOut)
                         }
                     };
-                    let Some(context) = context.take() else {
+                    let Some(kit) = kit.take() else {
                         return Poll::Ready(Err("ResponseFuture polled after completion".into()));
                     };
                     State::Looping {
-                        future: into_loop(result, *deadline, context),
+                        future: into_loop(kit, FirstAttempt::Finished(result), service.clone()),
                     }
                 }
             };
@@ -206,12 +186,12 @@ where
     }
 }
 
-/// The first attempt finished without committing (or timed out): the
-/// attempt loop takes the call from here.
-fn into_loop<S, ResBody>(
-    result: Result<http::Response<ResBody>, AttemptError>,
-    first_deadline: Option<Instant>,
-    context: FirstContext<S>,
+/// The first attempt did not commit (or timed out, or was never sent):
+/// the attempt loop takes the call from here, in the call's kit.
+pub(crate) fn into_loop<S, ResBody>(
+    mut kit: KitBox,
+    first: FirstAttempt<S>,
+    service: SharedService<S>,
 ) -> BoxedLoop<http::Response<ResBody>>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -219,21 +199,24 @@ where
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
-    let FirstContext {
-        call,
-        replay,
-        heads,
-        service,
-    } = context;
-    let span = call.span.clone();
+    kit.as_mut().first_attempt_over();
+    let span = kit.call.span.clone();
     Box::pin(
-        call.run(
-            FirstAttempt::<S>::Finished(result),
-            first_deadline,
-            service,
-            replay,
-            heads,
-        )
+        async move {
+            let parts = kit.as_mut().project();
+            let result = parts
+                .call
+                .run(
+                    first,
+                    *parts.first_deadline,
+                    service,
+                    parts.replay,
+                    parts.heads,
+                )
+                .await;
+            kit::recycle(kit);
+            result
+        }
         .instrument(span),
     )
 }

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{
-    Begun, Call, Failure, Outcome, cancelled, cancelled_status, outcome, send, sleep_until,
+    Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, outcome, send, sleep_until,
     wait_until,
 };
 use crate::classify::code_name;
@@ -37,10 +37,11 @@ use crate::replay::Replay;
 impl Call {
     /// Runs a hedged call to completion.
     pub(crate) async fn run_hedged<S, ResBody>(
-        mut self,
+        &mut self,
         inner: S,
         first_ready: Result<(), BoxError>,
-        begun: Begun,
+        replay: &Replay<Body>,
+        heads: &mut RequestHeads,
         first: http::Request<Body>,
     ) -> Result<http::Response<ResBody>, BoxError>
     where
@@ -53,11 +54,6 @@ impl Call {
             hedging_delay: std::time::Duration::ZERO,
             non_fatal_codes: crate::CodeSet::EMPTY,
         });
-        let Begun {
-            replay,
-            mut heads,
-            first_deadline: _,
-        } = begun;
         let mut first = Some(first);
         // Hedges after the first need their own service (each is readied
         // separately); the first uses the one `poll_ready` readied.
@@ -67,7 +63,7 @@ impl Call {
         let mut in_flight = FuturesUnordered::new();
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
-        let replay_ref = &replay;
+        let replay_ref = replay;
         let mut launch = move |n: u32, this: &Call| {
             // The call's deadline covers every hedge; `grpc-timeout` carries it.
             let request = match first.take() {
@@ -84,7 +80,7 @@ impl Call {
             async move { (n, send(&mut service, ready, request).await) }.instrument(span)
         };
 
-        in_flight.push(launch(1, &self));
+        in_flight.push(launch(1, self));
         let mut sent: u32 = 1;
         let delay = hedging.hedging_delay;
         let mut next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
@@ -108,7 +104,7 @@ impl Call {
                         code = code_name(failure.code()),
                         "final status of a hedged call"
                     );
-                    return failure.surface(&self, n);
+                    return failure.surface(self, n);
                 }
                 if let (Some(deadline), Some(at)) = (self.deadline, next_hedge)
                     && at >= deadline
@@ -141,13 +137,13 @@ impl Call {
                             // The winner. Dropping `in_flight` on return
                             // cancels every other attempt.
                             self.metrics.hedges(sent - 1);
-                            return Ok(self.commit(&replay, response, n));
+                            return Ok(self.commit(replay, response, n));
                         }
                         Outcome::Refused(error) if !transparent_retry_used && replay.is_replayable() => {
                             debug!(attempt = n, %error, "transparent retry of a refused hedge");
                             transparent_retry_used = true;
                             self.metrics.transparent_retry();
-                            in_flight.push(launch(n, &self));
+                            in_flight.push(launch(n, self));
                             continue;
                         }
                         Outcome::Refused(error) => Failure::from_error(error),
@@ -166,7 +162,7 @@ impl Call {
                         }
                         debug!(attempt = n, code = code_name(code), "fatal status ends the hedged call");
                         self.metrics.hedges(sent - 1);
-                        return failure.surface(&self, n);
+                        return failure.surface(self, n);
                     }
                     // Non-fatal: it costs a throttling token, and the next
                     // hedge goes out now, or when the server asks.
@@ -184,10 +180,10 @@ impl Call {
                     last_failure = Some((n, failure));
                 }
                 () = wait_until(next_hedge), if can_hedge => {
-                    if self.may_hedge(&replay) {
+                    if self.may_hedge(replay) {
                         sent += 1;
                         debug!(attempt = sent, "sending a hedge");
-                        in_flight.push(launch(sent, &self));
+                        in_flight.push(launch(sent, self));
                         next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
                     } else {
                         stopped = true;

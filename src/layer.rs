@@ -37,7 +37,7 @@ use crate::throttle::RetryThrottle;
 /// specifies.
 #[derive(Clone)]
 pub struct RetryLayer {
-    state: Arc<LayerState>,
+    pub(crate) state: Arc<LayerState>,
 }
 
 /// Where a call's policy comes from.

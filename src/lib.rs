@@ -53,6 +53,7 @@ pub mod config;
 pub mod deadline;
 mod future;
 mod hedge;
+mod kit;
 pub mod layer;
 mod metrics;
 mod options;

@@ -286,6 +286,21 @@ impl<B> Drop for Shared<B> {
 }
 
 impl<B> Replay<B> {
+    /// A replay that holds nothing and cannot replay: what an empty
+    /// [`CallKit`](crate::kit::CallKit) holds between calls.
+    pub(crate) fn released() -> Self {
+        Replay {
+            mode: Mode::Whole(Whole {
+                data: None,
+                trailers: None,
+                replayable: AtomicBool::new(false),
+                reserved: 0,
+                cap: None,
+                exact_size: true,
+            }),
+        }
+    }
+
     /// Wraps a request body, recording up to `limit` bytes for replay as
     /// attempts read it. Nothing is read until an attempt's body is polled.
     pub fn new(body: B, limit: usize) -> Self {

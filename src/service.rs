@@ -8,8 +8,9 @@ use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::{Begun, Call, FirstAttempt, SharedService, clone_shared};
-use crate::future::{FirstContext, ResponseFuture};
+use crate::attempt::{FirstAttempt, SharedService, clone_shared};
+use crate::future::{ResponseFuture, into_loop};
+use crate::kit::{self, KitBox};
 use crate::layer::LayerState;
 
 /// Retries the gRPC calls sent through it; built by
@@ -97,8 +98,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let state = self.state.clone();
-        let Some(policy_ref) = state.resolve(&request) else {
+        let Some(policy_ref) = self.state.resolve(&request) else {
             tracing::trace!(
                 method = request.uri().path(),
                 "no retry policy for this method: passing through"
@@ -111,39 +111,20 @@ where
             attempts = field::Empty,
             outcome = field::Empty,
         );
-        let (call, begun) = Call::start(state, policy_ref, &mut request, span);
-        if call.policy().hedging.is_some() {
-            return self.hedged(call, begun, request);
+        let mut kit = kit::take(&self.state);
+        kit.as_mut().start(policy_ref, &mut request, span);
+        if kit.call.policy().hedging.is_some() {
+            return self.hedged(kit, request);
         }
         // The first attempt goes out now, on the service `poll_ready`
-        // readied, exactly as it would without the layer. The future is
-        // built in one expression from the call's parts: this is the path
-        // every call takes, and each intermediate struct would be another
-        // copy of several hundred bytes.
+        // readied, exactly as it would without the layer.
         match self.ready_error.take() {
-            None => ResponseFuture::first(
-                self.inner.call(request),
-                begun.first_deadline,
-                FirstContext {
-                    call,
-                    replay: begun.replay,
-                    heads: begun.heads,
-                    service: self.spare.clone(),
-                },
-            ),
-            Some(error) => {
-                let span = call.span.clone();
-                ResponseFuture::looping(Box::pin(
-                    call.run(
-                        FirstAttempt::<S>::InFlight(Err(error)),
-                        begun.first_deadline,
-                        self.spare.clone(),
-                        begun.replay,
-                        begun.heads,
-                    )
-                    .instrument(span),
-                ))
-            }
+            None => ResponseFuture::first(self.inner.call(request), kit, self.spare.clone()),
+            Some(error) => ResponseFuture::looping(into_loop(
+                kit,
+                FirstAttempt::<S>::InFlight(Err(error)),
+                self.spare.clone(),
+            )),
         }
     }
 }
@@ -160,16 +141,24 @@ where
     #[cold]
     fn hedged(
         &mut self,
-        call: Call,
-        begun: Begun,
+        mut kit: KitBox,
         request: http::Request<Body>,
     ) -> ResponseFuture<S, ResBody> {
         let first_ready = self.ready_error.take().map_or(Ok(()), Err);
         let inner = std::mem::replace(&mut self.inner, clone_shared(&self.spare));
-        let span = call.span.clone();
+        kit.as_mut().first_attempt_over();
+        let span = kit.call.span.clone();
         ResponseFuture::looping(Box::pin(
-            call.run_hedged(inner, first_ready, begun, request)
-                .instrument(span),
+            async move {
+                let parts = kit.as_mut().project();
+                let result = parts
+                    .call
+                    .run_hedged(inner, first_ready, parts.replay, parts.heads, request)
+                    .await;
+                kit::recycle(kit);
+                result
+            }
+            .instrument(span),
         ))
     }
 }
