@@ -695,6 +695,12 @@ impl SavedExtensions {
         {
             return SavedExtensions::GrpcMethod(method.clone());
         }
+        Self::other(extensions)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn other(extensions: &Extensions) -> Self {
         SavedExtensions::Other(extensions.clone())
     }
 

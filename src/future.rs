@@ -114,13 +114,11 @@ where
                 }
                 StateProj::Looping { future } => return future.as_mut().poll(cx),
                 StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "ResponseFuture polled after completion".into());
+                    let error = error.take().unwrap_or_else(polled_after_completion);
                     return Poll::Ready(Err(error));
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+                    return Poll::Ready(Err(polled_after_completion()));
                 }
                 StateProj::First {
                     attempt,
@@ -128,18 +126,15 @@ where
                     service,
                 } => {
                     let Some(kit_box) = kit.as_mut() else {
-                        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     let parts = kit_box.as_mut().project();
                     if let Some(cancelled) = parts.cancelled.as_pin_mut()
                         && cancelled.poll(cx).is_ready()
                     {
-                        let status = parts.call.surface_status(cancelled_status(), 1);
-                        if let Some(kit) = kit.take() {
-                            kit::recycle(kit);
-                        }
+                        let error = cancelled_first(kit.take());
                         self.as_mut().project().state.set(State::Done);
-                        return Poll::Ready(Err(status));
+                        return Poll::Ready(Err(error));
                     }
                     let result = match attempt.poll(cx) {
                         Poll::Ready(Ok(mut response)) => {
@@ -163,7 +158,7 @@ where
                             };
                             let mut timer = parts.timer;
                             if timer.is_none() {
-                                timer.set(Some(tokio::time::sleep_until(at)));
+                                start_timer(timer.as_mut(), at);
                             }
                             if let Some(timer) = timer.as_pin_mut()
                                 && timer.poll(cx).is_pending()
@@ -174,7 +169,7 @@ where
                         }
                     };
                     let Some(kit) = kit.take() else {
-                        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     State::Looping {
                         future: into_loop(kit, FirstAttempt::Finished(result), service.clone()),
@@ -186,8 +181,37 @@ where
     }
 }
 
+/// The caller cancelled the call during its first attempt.
+#[cold]
+#[inline(never)]
+fn cancelled_first(kit: Option<KitBox>) -> BoxError {
+    let Some(kit) = kit else {
+        return polled_after_completion();
+    };
+    let error = kit.call.surface_status(cancelled_status(), 1);
+    kit::recycle(kit);
+    error
+}
+
+/// The first attempt has a deadline and did not answer at once. Out of
+/// line, like the other rare steps, so the code of the common ones stays
+/// together.
+#[cold]
+#[inline(never)]
+fn start_timer(mut timer: Pin<&mut Option<tokio::time::Sleep>>, at: tokio::time::Instant) {
+    timer.set(Some(tokio::time::sleep_until(at)));
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> BoxError {
+    "ResponseFuture polled after completion".into()
+}
+
 /// The first attempt did not commit (or timed out, or was never sent):
 /// the attempt loop takes the call from here, in the call's kit.
+#[cold]
+#[inline(never)]
 pub(crate) fn into_loop<S, ResBody>(
     mut kit: KitBox,
     first: FirstAttempt<S>,

@@ -84,8 +84,16 @@ pub(crate) fn take(state: &Arc<LayerState>) -> KitBox {
             }
             kit
         }
-        None => Box::pin(CallKit::new(state.clone())),
+        None => fresh(state),
     }
+}
+
+/// A new kit, when this thread's pool is empty: out of line, so the code
+/// that builds one stays off the hot path's cache lines.
+#[cold]
+#[inline(never)]
+fn fresh(state: &Arc<LayerState>) -> KitBox {
+    Box::pin(CallKit::new(state.clone()))
 }
 
 /// Ends the call's hold on `kit` and returns it to this thread's pool

@@ -243,6 +243,14 @@ fn reserve(len: usize, held: usize, limit: usize, cap: Option<&ChannelBufferCap>
         && cap.is_none_or(|cap| cap.try_reserve(len))
 }
 
+/// A copy of request trailers (rare in gRPC), out of line so a whole
+/// body's common case keeps its code small.
+#[cold]
+#[inline(never)]
+fn boxed_copy(trailers: &HeaderMap) -> Box<HeaderMap> {
+    Box::new(trailers.clone())
+}
+
 /// Recorded chunks. The first is kept inline: recording one chunk
 /// allocates nothing.
 #[derive(Default)]
@@ -443,7 +451,7 @@ where
         let first = ReplayBody {
             kind: BodyKind::Whole {
                 data: data.clone(),
-                trailers: trailers.clone(),
+                trailers: trailers.as_deref().map(boxed_copy),
                 exact_size,
             },
         };
