@@ -63,14 +63,13 @@ impl Call {
         let mut in_flight = FuturesUnordered::new();
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
-        let replay_ref = replay;
         let mut launch = move |n: u32, this: &Call| {
             // The call's deadline covers every hedge; `grpc-timeout` carries it.
             let request = match first.take() {
                 Some(first) => first,
                 None => {
                     let (parts, _) = heads.next(n, this);
-                    http::Request::from_parts(parts, Body::new(replay_ref.body()))
+                    http::Request::from_parts(parts, Body::new(replay.body()))
                 }
             };
             let (mut service, ready) = first_service
