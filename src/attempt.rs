@@ -288,6 +288,17 @@ impl Call {
         self.surface_response(response, attempt, Code::Ok)
     }
 
+    /// The first attempt committed, on the response future's fast path:
+    /// [`commit`](Self::commit) without moving the response (attempt 1
+    /// adds nothing to it). The kit is emptied right after, which releases
+    /// the replay buffer.
+    pub(crate) fn commit_first(&self) {
+        if let Some(throttle) = &self.state.throttle {
+            throttle.record_success();
+        }
+        self.finish(1, code_name(Code::Ok));
+    }
+
     /// The response `attempt` produced, which ends the call with `code`
     /// (OK for a committed response, whatever its trailers say later).
     pub(crate) fn surface_response<B>(
@@ -609,25 +620,35 @@ impl RequestHeads {
     }
 
     /// Keeps `request`'s head for retries, and returns the request's own
-    /// timeout from its `grpc-timeout` header, found on the way (saving a
-    /// hashed lookup). A malformed value counts as absent, as the tonic
+    /// timeout from its `grpc-timeout` header, found in the kept list
+    /// (saving a hashed lookup). A malformed value counts as absent, as the tonic
     /// `Channel` treats it.
     #[inline]
     pub(crate) fn fill<B>(&mut self, request: &http::Request<B>) -> Option<Duration> {
-        self.method.clone_from(request.method());
-        self.uri.clone_from(request.uri());
+        // Calls through one client repeat the method and URI, and the kit
+        // kept the last call's: comparing bytes is cheaper than cloning
+        // the URI's three shared strings (each an indirect call).
+        if self.method != *request.method() {
+            self.method = request.method().clone();
+        }
+        if !same_uri(&self.uri, request.uri()) {
+            self.uri = request.uri().clone();
+        }
         self.version = request.version();
         self.extensions = SavedExtensions::new(request.extensions());
-        let mut timeout = None;
         let headers = request.headers();
-        self.headers.reserve(headers.len());
-        for (name, value) in headers {
-            if timeout.is_none() && *name == deadline::GRPC_TIMEOUT {
-                timeout = deadline::parse_grpc_timeout(value.as_bytes());
-            }
-            self.headers.push((name.clone(), value.clone()));
-        }
-        timeout
+        // Cloned straight into the list's room (no copy through a
+        // temporary on the stack).
+        self.headers.extend(
+            headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        let (_, timeout) = self
+            .headers
+            .iter()
+            .find(|(name, _)| *name == deadline::GRPC_TIMEOUT)?;
+        deadline::parse_grpc_timeout(timeout.as_bytes())
     }
 
     /// Drops the kept head's values (the URI and method, small and
@@ -674,6 +695,14 @@ impl RequestHeads {
         parts.extensions = self.extensions.restore();
         parts
     }
+}
+
+/// Whether two URIs are the same bytes (`Uri`'s own equality ignores the
+/// case of the host, and a retry must resend exactly what the caller sent).
+fn same_uri(a: &Uri, b: &Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.authority().map(|a| a.as_str()) == b.authority().map(|b| b.as_str())
+        && a.path_and_query().map(|p| p.as_str()) == b.path_and_query().map(|p| p.as_str())
 }
 
 /// The request's extensions, kept for retries. tonic's generated clients

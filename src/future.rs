@@ -140,9 +140,10 @@ where
                         Poll::Ready(Ok(mut response)) => {
                             if commits(&mut response).is_ok() {
                                 // The happy path: commit, and return the
-                                // kit to the pool (no move of the call's
-                                // state, no response moved twice).
-                                let response = parts.call.commit(parts.replay, response, 1);
+                                // kit to the pool, which releases the
+                                // replay buffer (no move of the call's
+                                // state, the response moved once).
+                                parts.call.commit_first();
                                 if let Some(kit) = kit.take() {
                                     kit::recycle(kit);
                                 }

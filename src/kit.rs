@@ -170,15 +170,12 @@ impl CallKit {
             crate::attempt::earliest_duration(policy.retry.timeout, policy.config_timeout),
         );
         let body = std::mem::take(request.body_mut());
-        let (replay, first_body) = Replay::start(
-            body,
-            policy.retry.replay_limit,
-            Some(state.buffer_cap.clone()),
-        );
+        let first_body = kit
+            .replay
+            .restart(body, policy.retry.replay_limit, &state.buffer_cap);
         if let Some(budget) = &state.budget {
             budget.deposit();
         }
-        *kit.replay = replay;
         let cancel = request.extensions().get::<CancellationToken>().cloned();
         if let Some(token) = &cancel {
             kit.cancelled.set(Some(token.clone().cancelled_owned()));
@@ -208,7 +205,7 @@ impl CallKit {
     /// the token and the timers. Keeps the allocations and the layer state.
     fn empty(self: Pin<&mut Self>) {
         let mut kit = self.project();
-        *kit.replay = Replay::released();
+        kit.replay.release_keeping_cap();
         kit.heads.clear();
         kit.call.cancel = None;
         kit.call.metrics = CallMetrics::new("");

@@ -309,6 +309,53 @@ impl<B> Replay<B> {
         }
     }
 
+    /// Releases what the call held (its bytes and its reservation, with
+    /// no atomic read-modify-write: nothing else can see this replay any
+    /// more) but keeps the cap's handle, so that [`restart`](Self::restart)
+    /// for the next call through the same layer need not clone it.
+    pub(crate) fn release_keeping_cap(&mut self) {
+        match &mut self.mode {
+            Mode::Whole(whole) => {
+                if std::mem::take(whole.replayable.get_mut())
+                    && let Some(cap) = &whole.cap
+                {
+                    cap.release(whole.reserved);
+                }
+                whole.data = None;
+                whole.trailers = None;
+                whole.reserved = 0;
+            }
+            Mode::Streaming(_) => *self = Self::released(),
+        }
+    }
+
+    /// Like [`start`](Self::start), in place of a released replay (see
+    /// [`release_keeping_cap`](Self::release_keeping_cap)), reusing its
+    /// handle of `cap` when it is the same cap.
+    #[inline]
+    pub(crate) fn restart(
+        &mut self,
+        body: B,
+        limit: usize,
+        cap: &Arc<ChannelBufferCap>,
+    ) -> ReplayBody<B>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let kept = match &mut self.mode {
+            Mode::Whole(whole) => whole.cap.take(),
+            Mode::Streaming(_) => None,
+        };
+        let cap = match kept {
+            Some(kept) if Arc::ptr_eq(&kept, cap) => kept,
+            _ => cap.clone(),
+        };
+        let (replay, first) = Self::start(body, limit, Some(cap));
+        *self = replay;
+        first
+    }
+
     /// Wraps a request body, recording up to `limit` bytes for replay as
     /// attempts read it. Nothing is read until an attempt's body is polled.
     pub fn new(body: B, limit: usize) -> Self {
