@@ -635,14 +635,12 @@ impl RequestHeads {
             self.uri = request.uri().clone();
         }
         self.version = request.version();
-        self.extensions = SavedExtensions::new(request.extensions());
+        self.extensions.keep(request.extensions());
         let headers = request.headers();
-        // Cloned straight into the list's room (no copy through a
-        // temporary on the stack).
         self.headers.extend(
             headers
                 .iter()
-                .map(|(name, value)| (name.clone(), value.clone())),
+                .map(|(name, value)| (name.clone(), kept_value(value))),
         );
         let (_, timeout) = self
             .headers
@@ -697,6 +695,23 @@ impl RequestHeads {
     }
 }
 
+/// A copy of `value` for the kept head. The values tonic puts in every
+/// request are made anew from static strings: comparing a few bytes costs
+/// less than cloning a shared value (an indirect call whose result the
+/// processor must reload, stalling, on every header of every call).
+#[inline]
+fn kept_value(value: &HeaderValue) -> HeaderValue {
+    const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+    const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+    let mut kept = match value.as_bytes() {
+        b"trailers" => TRAILERS,
+        b"application/grpc" => APPLICATION_GRPC,
+        _ => return value.clone(),
+    };
+    kept.set_sensitive(value.is_sensitive());
+    kept
+}
+
 /// Whether two URIs are the same bytes (`Uri`'s own equality ignores the
 /// case of the host, and a retry must resend exactly what the caller sent).
 fn same_uri(a: &Uri, b: &Uri) -> bool {
@@ -715,22 +730,29 @@ enum SavedExtensions {
 }
 
 impl SavedExtensions {
-    fn new(extensions: &Extensions) -> Self {
+    /// Keeps `extensions` in place of what an emptied kit holds (nothing):
+    /// written where it lies, and not at all when there is nothing to keep.
+    #[inline]
+    fn keep(&mut self, extensions: &Extensions) {
         if extensions.is_empty() {
-            return SavedExtensions::Empty;
+            if !matches!(self, SavedExtensions::Empty) {
+                *self = SavedExtensions::Empty;
+            }
+            return;
         }
         if extensions.len() == 1
             && let Some(method) = extensions.get::<tonic::GrpcMethod<'static>>()
         {
-            return SavedExtensions::GrpcMethod(method.clone());
+            *self = SavedExtensions::GrpcMethod(method.clone());
+            return;
         }
-        Self::other(extensions)
+        self.keep_other(extensions);
     }
 
     #[cold]
     #[inline(never)]
-    fn other(extensions: &Extensions) -> Self {
-        SavedExtensions::Other(extensions.clone())
+    fn keep_other(&mut self, extensions: &Extensions) {
+        *self = SavedExtensions::Other(extensions.clone());
     }
 
     fn restore(&self) -> Extensions {

@@ -139,12 +139,12 @@ impl CallKit {
     /// its body the replay's first body, its `grpc-timeout` the attempt's.
     /// It is changed in place rather than split and rebuilt, which would
     /// copy it twice more. The call counts once toward the retry budget.
+    /// The caller has already put the call's span in the kit.
     #[inline]
     pub(crate) fn start(
         self: Pin<&mut Self>,
         policy_ref: PolicyRef,
         request: &mut http::Request<Body>,
-        span: Span,
     ) {
         let mut kit = self.project();
         let call = kit.call;
@@ -187,7 +187,6 @@ impl CallKit {
         call.cancel = cancel;
         call.backoff = Backoff::default();
         call.metrics = CallMetrics::new(request.uri().path());
-        call.span = span;
         *request.body_mut() = Body::new(first_body);
         *kit.first_deadline = call.attempt_deadline(request.headers_mut());
     }
@@ -235,8 +234,7 @@ mod tests {
             .headers_mut()
             .insert("x-secret", http::HeaderValue::from_static("1"));
         request.extensions_mut().insert(CancellationToken::new());
-        kit.as_mut()
-            .start(PolicyRef::Fixed, &mut request, Span::none());
+        kit.as_mut().start(PolicyRef::Fixed, &mut request);
         assert_eq!(kit.replay.buffered_bytes(), 3);
         assert_eq!(state.buffer_cap.used(), 3);
         assert!(kit.call.cancel.is_some() && kit.cancelled.is_some());

@@ -329,33 +329,6 @@ impl<B> Replay<B> {
         }
     }
 
-    /// Like [`start`](Self::start), in place of a released replay (see
-    /// [`release_keeping_cap`](Self::release_keeping_cap)), reusing its
-    /// handle of `cap` when it is the same cap.
-    #[inline]
-    pub(crate) fn restart(
-        &mut self,
-        body: B,
-        limit: usize,
-        cap: &Arc<ChannelBufferCap>,
-    ) -> ReplayBody<B>
-    where
-        B: Body<Data = Bytes> + Unpin,
-        B::Error: Into<BoxError>,
-    {
-        let kept = match &mut self.mode {
-            Mode::Whole(whole) => whole.cap.take(),
-            Mode::Streaming(_) => None,
-        };
-        let cap = match kept {
-            Some(kept) if Arc::ptr_eq(&kept, cap) => kept,
-            _ => cap.clone(),
-        };
-        let (replay, first) = Self::start(body, limit, Some(cap));
-        *self = replay;
-        first
-    }
-
     /// Wraps a request body, recording up to `limit` bytes for replay as
     /// attempts read it. Nothing is read until an attempt's body is polled.
     pub fn new(body: B, limit: usize) -> Self {
@@ -454,46 +427,97 @@ where
     /// ```
     #[inline]
     pub fn start(
-        mut body: B,
+        body: B,
         limit: usize,
         cap: Option<Arc<ChannelBufferCap>>,
     ) -> (Self, ReplayBody<B>) {
-        let exact_size = body.size_hint().exact().is_some();
-        let mut cx = Context::from_waker(Waker::noop());
-        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Pending => return Self::start_streaming(body, limit, cap, Vec::new()),
-            Poll::Ready(None) => return Self::whole(None, None, limit, cap, exact_size),
-            Poll::Ready(Some(Err(error))) => {
-                return Self::start_streaming(body, limit, cap, vec![Err(error)]);
+        match Polled::read(body) {
+            Polled::Whole {
+                data,
+                trailers,
+                exact_size,
+            } => {
+                let mut replay = Self::released();
+                let first = replay.refill_whole(data, trailers, limit, cap, exact_size);
+                (replay, first)
             }
-            Poll::Ready(Some(Ok(frame))) => frame,
-        };
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(None) => match first.into_data() {
-                Ok(data) => Self::whole(Some(data), None, limit, cap, exact_size),
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => Self::whole(None, Some(trailers), limit, cap, exact_size),
-                    // No other kind of frame exists today; keep it as is.
-                    Err(frame) => Self::start_streaming(body, limit, cap, vec![Ok(frame)]),
-                },
-            },
-            Poll::Pending => Self::start_streaming(body, limit, cap, vec![Ok(first)]),
-            Poll::Ready(Some(second)) => {
-                Self::start_streaming(body, limit, cap, vec![Ok(first), second])
+            Polled::Streaming { body, prefetched } => {
+                Self::start_streaming(body, limit, cap, prefetched)
             }
         }
     }
 
+    /// Like [`start`](Self::start), in place of a replay released by
+    /// [`release_keeping_cap`](Self::release_keeping_cap), reusing its
+    /// handle of `cap` when it is the same cap. A whole body is written
+    /// into the fields where they lie, not built and moved in.
     #[inline]
-    fn whole(
+    pub(crate) fn restart(
+        &mut self,
+        body: B,
+        limit: usize,
+        cap: &Arc<ChannelBufferCap>,
+    ) -> ReplayBody<B> {
+        // Only a released replay can be refilled; anything else it still
+        // holds (nothing, in the kit's use) is released first.
+        self.release_keeping_cap();
+        // `None`: the kept handle is of this cap.
+        let cap = match &self.mode {
+            Mode::Whole(whole)
+                if whole
+                    .cap
+                    .as_ref()
+                    .is_some_and(|kept| Arc::ptr_eq(kept, cap)) =>
+            {
+                None
+            }
+            _ => Some(cap.clone()),
+        };
+        match Polled::read(body) {
+            Polled::Whole {
+                data,
+                trailers,
+                exact_size,
+            } => self.refill_whole(data, trailers, limit, cap, exact_size),
+            Polled::Streaming { body, prefetched } => {
+                let cap = cap.or_else(|| self.take_cap());
+                let (replay, first) = Self::start_streaming(body, limit, cap, prefetched);
+                *self = replay;
+                first
+            }
+        }
+    }
+
+    /// The kept handle of the cap, taken out of a released replay.
+    fn take_cap(&mut self) -> Option<Arc<ChannelBufferCap>> {
+        match &mut self.mode {
+            Mode::Whole(whole) => whole.cap.take(),
+            Mode::Streaming(_) => None,
+        }
+    }
+
+    /// Fills a released replay with a whole body (`cap` replaces the kept
+    /// handle when given) and returns the first attempt's body.
+    #[inline]
+    fn refill_whole(
+        &mut self,
         data: Option<Bytes>,
         trailers: Option<HeaderMap>,
         limit: usize,
         cap: Option<Arc<ChannelBufferCap>>,
         exact_size: bool,
-    ) -> (Self, ReplayBody<B>) {
+    ) -> ReplayBody<B> {
+        if !matches!(self.mode, Mode::Whole(_)) {
+            *self = Self::released();
+        }
+        let Mode::Whole(whole) = &mut self.mode else {
+            unreachable!("just made whole")
+        };
+        if cap.is_some() {
+            whole.cap = cap;
+        }
         let len = data.as_ref().map_or(0, Bytes::len);
-        let replayable = reserve(len, 0, limit, cap.as_deref());
+        let replayable = reserve(len, 0, limit, whole.cap.as_deref());
         let trailers = trailers.map(Box::new);
         let first = ReplayBody {
             kind: BodyKind::Whole {
@@ -502,20 +526,14 @@ where
                 exact_size,
             },
         };
-        let whole = Whole {
-            // Too large to keep: the first attempt's body holds the only
-            // reference, so the memory goes as soon as it is sent.
-            data: data.filter(|_| replayable),
-            trailers,
-            replayable: AtomicBool::new(replayable),
-            reserved: len,
-            cap,
-            exact_size,
-        };
-        let replay = Replay {
-            mode: Mode::Whole(whole),
-        };
-        (replay, first)
+        // Too large to keep: the first attempt's body holds the only
+        // reference, so the memory goes as soon as it is sent.
+        whole.data = data.filter(|_| replayable);
+        whole.trailers = trailers;
+        *whole.replayable.get_mut() = replayable;
+        whole.reserved = len;
+        whole.exact_size = exact_size;
+        first
     }
 
     /// A streaming replay whose first attempt starts with the frames
@@ -546,6 +564,63 @@ where
             kind: BodyKind::Streaming(first),
         };
         (replay, first)
+    }
+}
+
+/// A request body after the polls [`Replay::start`] makes without waiting.
+enum Polled<B: Body> {
+    /// It ended: at most one chunk and trailers.
+    Whole {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+        exact_size: bool,
+    },
+    /// It goes on (or failed, or sent an unknown frame): what was read
+    /// comes first.
+    Streaming {
+        body: B,
+        prefetched: Vec<Result<Frame<Bytes>, B::Error>>,
+    },
+}
+
+impl<B> Polled<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// Polls `body` up to twice, with a no-op waker.
+    #[inline]
+    fn read(mut body: B) -> Self {
+        let exact_size = body.size_hint().exact().is_some();
+        let whole = |data, trailers| Polled::Whole {
+            data,
+            trailers,
+            exact_size,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Pending => Vec::new(),
+            Poll::Ready(None) => return whole(None, None),
+            Poll::Ready(Some(Err(error))) => vec![Err(error)],
+            Poll::Ready(Some(Ok(frame))) => {
+                match Pin::new(&mut body).poll_frame(&mut cx) {
+                    Poll::Ready(None) => match frame.into_data() {
+                        Ok(data) => return whole(Some(data), None),
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => return whole(None, Some(trailers)),
+                            // No other kind of frame exists today; keep it
+                            // as is.
+                            Err(frame) => vec![Ok(frame)],
+                        },
+                    },
+                    Poll::Pending => vec![Ok(frame)],
+                    Poll::Ready(Some(second)) => vec![Ok(frame), second],
+                }
+            }
+        };
+        Polled::Streaming {
+            body,
+            prefetched: first,
+        }
     }
 }
 

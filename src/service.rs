@@ -105,14 +105,19 @@ where
             );
             return ResponseFuture::pass_through(self.send_first(request));
         };
-        let span = debug_span!(
-            "grpc.call",
-            method = request.uri().path(),
-            attempts = field::Empty,
-            outcome = field::Empty,
-        );
         let mut kit = kit::take(&self.state);
-        kit.as_mut().start(policy_ref, &mut request, span);
+        // An emptied kit holds no span; one is made only when DEBUG spans
+        // may be on (a static and a relaxed load, where building a disabled
+        // span and moving it in costs a stall of its own).
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            kit.as_mut().project().call.span = debug_span!(
+                "grpc.call",
+                method = request.uri().path(),
+                attempts = field::Empty,
+                outcome = field::Empty,
+            );
+        }
+        kit.as_mut().start(policy_ref, &mut request);
         if kit.call.policy().hedging.is_some() {
             return self.hedged(kit, request);
         }
