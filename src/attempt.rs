@@ -20,8 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{CONTENT_TYPE, HeaderName, TE};
 use http::request::Parts;
-use http::{Extensions, HeaderMap, HeaderValue, Method, Uri, Version, header::HeaderName};
+use http::{Extensions, HeaderMap, HeaderValue, Method, Uri, Version};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
@@ -592,16 +593,50 @@ pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
 /// head, with the attempt's metadata written in.
 ///
 /// It lives in a pooled [`CallKit`](crate::kit::CallKit) and is refilled
-/// call after call: its list of headers keeps its room, so copying a
-/// request's headers clones only reference-counted (or static) names and
-/// values, hashes nothing and allocates nothing. A `HeaderMap` is built
-/// only for a retry.
+/// call after call; its lists keep their room, so keeping a request's head
+/// hashes nothing and allocates nothing. The two headers tonic puts in
+/// every request (`te: trailers`, `content-type: application/grpc`) are
+/// kept as one-byte marks; every other header is a clone of its (shared or
+/// static) name and value. A `HeaderMap` is built only for a retry.
 pub(crate) struct RequestHeads {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request's headers, in order.
+    order: Vec<KeptHeader>,
+    /// The values of the `KeptHeader::Other` entries, in order.
+    others: Vec<(HeaderName, HeaderValue)>,
     extensions: SavedExtensions,
+}
+
+/// One header of a kept head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeptHeader {
+    /// `te: trailers`
+    TeTrailers,
+    /// `content-type: application/grpc`
+    ContentTypeGrpc,
+    /// The next entry of `RequestHeads::others`.
+    Other,
+}
+
+impl KeptHeader {
+    /// Which mark keeps this header. Comparing a few bytes costs less than
+    /// cloning a shared value (an indirect call whose result the processor
+    /// must reload, stalling) and copying it into a list, on every header
+    /// of every call.
+    #[inline]
+    fn of(name: &HeaderName, value: &HeaderValue) -> Self {
+        if value.is_sensitive() {
+            KeptHeader::Other
+        } else if *name == TE && value.as_bytes() == b"trailers" {
+            KeptHeader::TeTrailers
+        } else if *name == CONTENT_TYPE && value.as_bytes() == b"application/grpc" {
+            KeptHeader::ContentTypeGrpc
+        } else {
+            KeptHeader::Other
+        }
+    }
 }
 
 /// The longest header list a pooled kit keeps room for.
@@ -614,15 +649,16 @@ impl RequestHeads {
             method: Method::POST,
             uri: Uri::default(),
             version: Version::default(),
-            headers: Vec::new(),
+            order: Vec::new(),
+            others: Vec::new(),
             extensions: SavedExtensions::Empty,
         }
     }
 
     /// Keeps `request`'s head for retries, and returns the request's own
     /// timeout from its `grpc-timeout` header, found in the kept list
-    /// (saving a hashed lookup). A malformed value counts as absent, as the tonic
-    /// `Channel` treats it.
+    /// (saving a hashed lookup). A malformed value counts as absent, as the
+    /// tonic `Channel` treats it.
     #[inline]
     pub(crate) fn fill<B>(&mut self, request: &http::Request<B>) -> Option<Duration> {
         // Calls through one client repeat the method and URI, and the kit
@@ -636,14 +672,15 @@ impl RequestHeads {
         }
         self.version = request.version();
         self.extensions.keep(request.extensions());
-        let headers = request.headers();
-        self.headers.extend(
-            headers
-                .iter()
-                .map(|(name, value)| (name.clone(), kept_value(value))),
-        );
+        for (name, value) in request.headers() {
+            let kept = KeptHeader::of(name, value);
+            if kept == KeptHeader::Other {
+                self.others.push((name.clone(), value.clone()));
+            }
+            self.order.push(kept);
+        }
         let (_, timeout) = self
-            .headers
+            .others
             .iter()
             .find(|(name, _)| *name == deadline::GRPC_TIMEOUT)?;
         deadline::parse_grpc_timeout(timeout.as_bytes())
@@ -653,10 +690,15 @@ impl RequestHeads {
     /// holding no resource, are overwritten by the next call). A very long
     /// list gives its room back.
     pub(crate) fn clear(&mut self) {
-        if self.headers.capacity() > KEPT_HEADER_ROOM {
-            self.headers = Vec::new();
+        if self.order.capacity() > KEPT_HEADER_ROOM {
+            self.order = Vec::new();
         } else {
-            self.headers.clear();
+            self.order.clear();
+        }
+        if self.others.capacity() > KEPT_HEADER_ROOM {
+            self.others = Vec::new();
+        } else {
+            self.others.clear();
         }
         self.extensions = SavedExtensions::Empty;
     }
@@ -664,7 +706,7 @@ impl RequestHeads {
     /// Whether no header is kept.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.headers.is_empty()
+        self.order.is_empty() && self.others.is_empty()
     }
 
     /// The head of attempt `n` (1-based; a transparent retry resends
@@ -682,34 +724,29 @@ impl RequestHeads {
 
     /// A new head for a retry (allocating: only retries pay for it).
     fn parts(&self) -> Parts {
+        const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+        const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        parts.headers = HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            parts.headers.append(name.clone(), value.clone());
+        parts.headers = HeaderMap::with_capacity(self.order.len());
+        let mut others = self.others.iter();
+        for kept in &self.order {
+            match kept {
+                KeptHeader::TeTrailers => parts.headers.append(TE, TRAILERS),
+                KeptHeader::ContentTypeGrpc => parts.headers.append(CONTENT_TYPE, APPLICATION_GRPC),
+                KeptHeader::Other => match others.next() {
+                    Some((name, value)) => parts.headers.append(name.clone(), value.clone()),
+                    // `fill` pushes one entry per mark; nothing to append
+                    // if that were ever not so.
+                    None => false,
+                },
+            };
         }
         parts.extensions = self.extensions.restore();
         parts
     }
-}
-
-/// A copy of `value` for the kept head. The values tonic puts in every
-/// request are made anew from static strings: comparing a few bytes costs
-/// less than cloning a shared value (an indirect call whose result the
-/// processor must reload, stalling, on every header of every call).
-#[inline]
-fn kept_value(value: &HeaderValue) -> HeaderValue {
-    const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
-    const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
-    let mut kept = match value.as_bytes() {
-        b"trailers" => TRAILERS,
-        b"application/grpc" => APPLICATION_GRPC,
-        _ => return value.clone(),
-    };
-    kept.set_sensitive(value.is_sensitive());
-    kept
 }
 
 /// Whether two URIs are the same bytes (`Uri`'s own equality ignores the
@@ -801,12 +838,49 @@ mod tests {
             );
         }
         heads.fill(&request_with(big));
-        assert_eq!(heads.headers.len(), 200);
+        assert_eq!(heads.others.len(), 200);
         heads.clear();
         assert!(
-            heads.headers.capacity() <= KEPT_HEADER_ROOM,
+            heads.others.capacity() <= KEPT_HEADER_ROOM
+                && heads.order.capacity() <= KEPT_HEADER_ROOM,
             "a very long list gives its room back"
         );
+    }
+
+    #[test]
+    fn headers_kept_as_marks_come_back_in_order_with_their_flags() {
+        let mut original = HeaderMap::new();
+        original.append("x-first", HeaderValue::from_static("1"));
+        original.append(TE, HeaderValue::from_static("trailers"));
+        original.append("x-middle", HeaderValue::from_static("2"));
+        original.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        // Near misses are kept as they are.
+        original.append(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let mut sensitive = HeaderValue::from_static("trailers");
+        sensitive.set_sensitive(true);
+        original.append(TE, sensitive);
+        original.append("x-last", HeaderValue::from_static("3"));
+        let mut heads = RequestHeads::empty();
+        heads.fill(&request_with(original.clone()));
+        assert_eq!(
+            heads
+                .order
+                .iter()
+                .filter(|k| **k != KeptHeader::Other)
+                .count(),
+            2,
+            "only the two exact, non-sensitive pairs become marks"
+        );
+        let rebuilt = heads.parts().headers;
+        let pairs = |map: &HeaderMap| -> Vec<(String, Vec<u8>, bool)> {
+            map.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec(), v.is_sensitive()))
+                .collect()
+        };
+        assert_eq!(pairs(&rebuilt), pairs(&original));
     }
 
     #[test]
@@ -818,7 +892,7 @@ mod tests {
         let timeout = heads.fill(&request_with(headers.clone()));
         assert_eq!(timeout, Some(Duration::from_millis(250)));
         assert_eq!(
-            heads.headers.len(),
+            heads.others.len(),
             2,
             "grpc-timeout is kept for retries too"
         );
