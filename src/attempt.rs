@@ -94,7 +94,7 @@ impl Call {
                 Some(FirstAttempt::Finished(result)) => (Sending::Finished(result), first_deadline),
                 None => {
                     let (parts, deadline) = heads.next(attempt, self);
-                    let request = http::Request::from_parts(parts, Body::new(replay.body()));
+                    let request = http::Request::from_parts(parts, replay.body().into_tonic());
                     (Sending::Later(service.clone(), Box::new(request)), deadline)
                 }
             };

@@ -69,7 +69,7 @@ impl Call {
                 Some(first) => first,
                 None => {
                     let (parts, _) = heads.next(n, this);
-                    http::Request::from_parts(parts, Body::new(replay.body()))
+                    http::Request::from_parts(parts, replay.body().into_tonic())
                 }
             };
             let (mut service, ready) = first_service

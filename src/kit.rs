@@ -187,7 +187,7 @@ impl CallKit {
         call.cancel = cancel;
         call.backoff = Backoff::default();
         call.metrics = CallMetrics::new(request.uri().path());
-        *request.body_mut() = Body::new(first_body);
+        *request.body_mut() = first_body.into_tonic();
         *kit.first_deadline = call.attempt_deadline(request.headers_mut());
     }
 

@@ -682,10 +682,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
-            BodyKind::Whole { data, trailers, .. } => Poll::Ready(match data.take() {
-                Some(data) => Some(Ok(Frame::data(data))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
-            }),
+            BodyKind::Whole { data, trailers, .. } => {
+                Poll::Ready(next_whole_frame(data, trailers).map(Ok))
+            }
             BodyKind::Released => {
                 self.kind = BodyKind::Whole {
                     data: None,
@@ -726,6 +725,58 @@ where
             BodyKind::Released => SizeHint::default(),
             BodyKind::Streaming(body) => body.size_hint(),
         }
+    }
+}
+
+/// The next frame of a whole body: its chunk, then its trailers.
+#[inline]
+fn next_whole_frame(
+    data: &mut Option<Bytes>,
+    trailers: &mut Option<Box<HeaderMap>>,
+) -> Option<Frame<Bytes>> {
+    match data.take() {
+        Some(data) => Some(Frame::data(data)),
+        None => trailers.take().map(|t| Frame::trailers(*t)),
+    }
+}
+
+impl ReplayBody<tonic::body::Body> {
+    /// This attempt's body as the `tonic::body::Body` an inner service
+    /// takes. Its errors become `Status` here, so tonic's `Body::new` takes
+    /// the box as it is instead of wrapping it in one more layer that every
+    /// frame would pass through.
+    pub(crate) fn into_tonic(self) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::BodyExt::boxed_unsync(TonicReplayBody(self)))
+    }
+}
+
+/// A [`ReplayBody`] whose errors are `Status`, tonic's body error.
+struct TonicReplayBody(ReplayBody<tonic::body::Body>);
+
+impl Body for TonicReplayBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        // A whole body, the common case, yields its frames here, sparing
+        // the frame a move through the general result type.
+        if let BodyKind::Whole { data, trailers, .. } = &mut self.0.kind {
+            return Poll::Ready(next_whole_frame(data, trailers).map(Ok));
+        }
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map_err(tonic::Status::from_error)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }
 
@@ -1320,5 +1371,89 @@ mod tests {
         let (replay, first) = Replay::start(Scripted::data(&["1234", "5678", "9"]), 6, None);
         assert_eq!(drain(first).await.unwrap().0, vec!["1234", "5678", "9"]);
         assert!(!replay.is_replayable());
+    }
+
+    fn tonic_body(
+        body: impl Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+    ) -> tonic::body::Body {
+        tonic::body::Body::new(body)
+    }
+
+    #[tokio::test]
+    async fn tonic_bodies_carry_the_same_frames_and_fail_as_a_status() {
+        // Whole: the chunk, for the first attempt and a later one.
+        let (replay, first) = Replay::start(tonic::body::Body::new(full("abc")), 1024, None);
+        assert_eq!(drain(first.into_tonic()).await.unwrap().0, vec!["abc"]);
+        assert_eq!(
+            drain(replay.body().into_tonic()).await.unwrap().0,
+            vec!["abc"]
+        );
+        // Streaming (chunks and trailers), through the general path.
+        let (replay, first) = Replay::start(
+            tonic_body(Scripted::data(&["a", "b", "c"]).with_trailers()),
+            1024,
+            None,
+        );
+        let (chunks, trailers) = drain(first.into_tonic()).await.unwrap();
+        assert_eq!(chunks, vec!["a", "b", "c"]);
+        assert_eq!(trailers.unwrap()["x-checksum"], "abc");
+        let (chunks, trailers) = drain(replay.body().into_tonic()).await.unwrap();
+        assert_eq!(chunks, vec!["a", "b", "c"]);
+        assert!(trailers.is_some());
+        // Released: the error reaches tonic as a Status carrying it.
+        let (replay, first) = Replay::start(tonic::body::Body::new(full("abc")), 0, None);
+        drop(first);
+        let status = drain(replay.body().into_tonic()).await.unwrap_err();
+        assert_eq!(status.message(), ReplayError::Released.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_replay_reuses_its_cap_handle_and_reserves_anew() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let mut replay = Replay::released();
+        let first = replay.restart(full("abc"), 1024, &cap);
+        assert_eq!((cap.used(), Arc::strong_count(&cap)), (3, 2));
+        assert_eq!(drain(first).await.unwrap().0, vec!["abc"]);
+        replay.release_keeping_cap();
+        assert_eq!(cap.used(), 0, "the reservation is returned");
+        assert!(!replay.is_replayable());
+        assert_eq!(Arc::strong_count(&cap), 2, "the handle is kept");
+
+        let first = replay.restart(full("de"), 1024, &cap);
+        assert_eq!(
+            (cap.used(), Arc::strong_count(&cap)),
+            (2, 2),
+            "no new handle"
+        );
+        drop(first);
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["de"]);
+
+        // Another layer's cap: the old handle goes, the old reservation too.
+        let other = Arc::new(ChannelBufferCap::new(1024));
+        let first = replay.restart(full("fgh"), 1024, &other);
+        drop(first);
+        assert_eq!((cap.used(), Arc::strong_count(&cap)), (0, 1));
+        assert_eq!((other.used(), Arc::strong_count(&other)), (3, 2));
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["fgh"]);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_replay_can_stream_and_be_released_again() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let mut replay = Replay::released();
+        let body = Scripted {
+            pending_first: true,
+            ..Scripted::data(&["ab", "c"])
+        };
+        let first = replay.restart(body, 1024, &cap);
+        assert_eq!(drain(first).await.unwrap().0, vec!["ab", "c"]);
+        assert_eq!(cap.used(), 3, "recorded as read");
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["ab", "c"]);
+        replay.release_keeping_cap();
+        assert_eq!(cap.used(), 0);
+        assert!(!replay.is_replayable());
+        let first = replay.restart(Scripted::data(&["z"]), 1024, &cap);
+        assert_eq!(cap.used(), 1);
+        assert_eq!(drain(first).await.unwrap().0, vec!["z"]);
     }
 }
