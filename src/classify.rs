@@ -101,11 +101,12 @@ fn status_headers(headers: &HeaderMap) -> (Option<&HeaderValue>, bool) {
     let mut status = None;
     let mut has_details = false;
     for (name, value) in headers {
-        let name = name.as_str();
-        if name == GRPC_STATUS.as_str() {
+        // Names compare as names: a standard one (`content-type`) differs
+        // by its kind alone, with no string to look up.
+        if *name == GRPC_STATUS {
             // The first value, as `HeaderMap::get` (and tonic) would take.
             status.get_or_insert(value);
-        } else if name == GRPC_STATUS_DETAILS.as_str() {
+        } else if *name == GRPC_STATUS_DETAILS {
             has_details = true;
         }
     }
