@@ -236,6 +236,41 @@ impl<B> Shared<B> {
     }
 }
 
+/// Small chunks are copied before they are kept if their buffer is more
+/// than this many times their size.
+const COPY_IF_BUFFER_OVER: usize = 2;
+
+/// Chunks up to this size may be copied before they are kept.
+const COPY_UP_TO: usize = 4 * 1024;
+
+/// The chunk to send on the first attempt, and the chunk to keep for later
+/// ones: the same bytes, shared, unless a small chunk is the only view of a
+/// much larger buffer. tonic encodes each message into the front of a
+/// fresh 8 KiB buffer, so keeping a typical small request would keep all
+/// of it alive until the call commits, many times the bytes the cap
+/// counts. Such a chunk is copied for keeping (a small allocation); the
+/// first attempt sends the original, whose buffer goes once it is sent, as
+/// it would without the layer. Static and still-shared chunks, whose
+/// backing is unknown, are shared as before.
+#[inline]
+fn to_send_and_keep(chunk: Bytes) -> (Bytes, Bytes) {
+    if chunk.is_empty() || chunk.len() > COPY_UP_TO {
+        return (chunk.clone(), chunk);
+    }
+    // Only a chunk nothing else refers to can be asked its buffer's size.
+    match chunk.try_into_mut() {
+        Ok(unique) if unique.capacity() > COPY_IF_BUFFER_OVER * unique.len() => {
+            let kept = Bytes::copy_from_slice(&unique);
+            (unique.freeze(), kept)
+        }
+        Ok(unique) => {
+            let chunk = unique.freeze();
+            (chunk.clone(), chunk)
+        }
+        Err(chunk) => (chunk.clone(), chunk),
+    }
+}
+
 /// Whether `len` more bytes may be kept: within the call's `limit` (with
 /// `held` already kept) and reserved from the layer-wide `cap`.
 fn reserve(len: usize, held: usize, limit: usize, cap: Option<&ChannelBufferCap>) -> bool {
@@ -519,16 +554,23 @@ where
         let len = data.as_ref().map_or(0, Bytes::len);
         let replayable = reserve(len, 0, limit, whole.cap.as_deref());
         let trailers = trailers.map(Box::new);
+        let (first_data, kept) = match data {
+            Some(data) if replayable => {
+                let (first, kept) = to_send_and_keep(data);
+                (Some(first), Some(kept))
+            }
+            // Too large to keep: the first attempt's body holds the only
+            // reference, so the memory goes as soon as it is sent.
+            data => (data, None),
+        };
         let first = ReplayBody {
             kind: BodyKind::Whole {
-                data: data.clone(),
+                data: first_data,
                 trailers: trailers.as_deref().map(boxed_copy),
                 exact_size,
             },
         };
-        // Too large to keep: the first attempt's body holds the only
-        // reference, so the memory goes as soon as it is sent.
-        whole.data = data.filter(|_| replayable);
+        whole.data = kept;
         whole.trailers = trailers;
         *whole.replayable.get_mut() = replayable;
         whole.reserved = len;
@@ -1455,5 +1497,77 @@ mod tests {
         let first = replay.restart(Scripted::data(&["z"]), 1024, &cap);
         assert_eq!(cap.used(), 1);
         assert_eq!(drain(first).await.unwrap().0, vec!["z"]);
+    }
+
+    /// A chunk carved from the front of a larger buffer, as tonic's encoder
+    /// makes them, and now the buffer's only view.
+    fn carved(len: usize, buffer: usize) -> Bytes {
+        let mut buf = bytes::BytesMut::with_capacity(buffer);
+        buf.extend(std::iter::repeat_n(7u8, len));
+        buf.split().freeze()
+    }
+
+    #[test]
+    fn a_small_chunk_of_a_large_buffer_is_copied_for_keeping() {
+        let chunk = carved(69, 8 * 1024);
+        let original = chunk.as_ptr();
+        let (sent, kept) = to_send_and_keep(chunk);
+        assert_eq!(
+            sent.as_ptr(),
+            original,
+            "the first attempt sends the original"
+        );
+        assert_ne!(kept.as_ptr(), original, "the kept chunk is a copy");
+        assert_eq!(sent, kept);
+        drop(sent);
+        assert!(
+            kept.is_unique(),
+            "the copy holds no part of the 8 KiB buffer"
+        );
+    }
+
+    #[test]
+    fn other_chunks_are_shared_not_copied() {
+        for chunk in [
+            // Fills its buffer.
+            Bytes::from(vec![1u8; 100]),
+            // Backing unknown.
+            Bytes::from_static(b"static"),
+            // Larger than a copy is worth.
+            carved(COPY_UP_TO + 1, 64 * 1024),
+        ] {
+            let original = chunk.as_ptr();
+            let (sent, kept) = to_send_and_keep(chunk);
+            assert_eq!((sent.as_ptr(), kept.as_ptr()), (original, original));
+        }
+        // Still shared with someone else: its buffer's size is unknown.
+        let chunk = carved(10, 8 * 1024);
+        let other = chunk.clone();
+        let (sent, kept) = to_send_and_keep(chunk);
+        assert_eq!(
+            (sent.as_ptr(), kept.as_ptr()),
+            (other.as_ptr(), other.as_ptr())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_keeps_only_its_own_bytes() {
+        let cap = Arc::new(ChannelBufferCap::new(1 << 20));
+        let chunk = carved(69, 8 * 1024);
+        let original = chunk.as_ptr();
+        let (replay, mut first) =
+            Replay::start(http_body_util::Full::new(chunk), 1024, Some(cap.clone()));
+        assert_eq!((replay.buffered_bytes(), cap.used()), (69, 69));
+        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut first) else {
+            panic!("the first attempt's chunk is ready");
+        };
+        assert_eq!(frame.data_ref().unwrap().as_ptr(), original);
+        let mut second = replay.body();
+        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut second) else {
+            panic!("the kept chunk is ready");
+        };
+        let kept = frame.into_data().unwrap();
+        assert_ne!(kept.as_ptr(), original);
+        assert_eq!(kept.len(), 69);
     }
 }
