@@ -236,39 +236,27 @@ impl<B> Shared<B> {
     }
 }
 
-/// Small chunks are copied before they are kept if their buffer is more
-/// than this many times their size.
-const COPY_IF_BUFFER_OVER: usize = 2;
-
-/// Chunks up to this size may be copied before they are kept.
+/// Chunks up to this size are copied for keeping (see [`to_send_and_keep`]).
 const COPY_UP_TO: usize = 4 * 1024;
 
 /// The chunk to send on the first attempt, and the chunk to keep for later
-/// ones: the same bytes, shared, unless a small chunk is the only view of a
-/// much larger buffer. tonic encodes each message into the front of a
-/// fresh 8 KiB buffer, so keeping a typical small request would keep all
-/// of it alive until the call commits, many times the bytes the cap
-/// counts. Such a chunk is copied for keeping (a small allocation); the
-/// first attempt sends the original, whose buffer goes once it is sent, as
-/// it would without the layer. Static and still-shared chunks, whose
-/// backing is unknown, are shared as before.
+/// ones. tonic encodes each message into the front of a fresh 8 KiB
+/// buffer, so keeping the chunk it sends would keep all of that buffer
+/// alive until the call commits: for a typical small request, many times
+/// the bytes the cap counts. A small chunk that nothing else refers to may
+/// be such a slice (its buffer's size cannot be asked without converting
+/// it), so it is copied for keeping, a small allocation and copy; the first
+/// attempt sends the original, whose buffer goes once it is sent, as it
+/// would without the layer. Larger chunks fill most of their buffer, and
+/// static or shared ones have a backing that copying would not free, so
+/// those are shared.
 #[inline]
 fn to_send_and_keep(chunk: Bytes) -> (Bytes, Bytes) {
-    if chunk.is_empty() || chunk.len() > COPY_UP_TO {
-        return (chunk.clone(), chunk);
+    if chunk.len() <= COPY_UP_TO && !chunk.is_empty() && chunk.is_unique() {
+        let kept = Bytes::copy_from_slice(&chunk);
+        return (chunk, kept);
     }
-    // Only a chunk nothing else refers to can be asked its buffer's size.
-    match chunk.try_into_mut() {
-        Ok(unique) if unique.capacity() > COPY_IF_BUFFER_OVER * unique.len() => {
-            let kept = Bytes::copy_from_slice(&unique);
-            (unique.freeze(), kept)
-        }
-        Ok(unique) => {
-            let chunk = unique.freeze();
-            (chunk.clone(), chunk)
-        }
-        Err(chunk) => (chunk.clone(), chunk),
-    }
+    (chunk.clone(), chunk)
 }
 
 /// Whether `len` more bytes may be kept: within the call's `limit` (with
@@ -1529,9 +1517,7 @@ mod tests {
     #[test]
     fn other_chunks_are_shared_not_copied() {
         for chunk in [
-            // Fills its buffer.
-            Bytes::from(vec![1u8; 100]),
-            // Backing unknown.
+            // Backing unknown, and nothing to free.
             Bytes::from_static(b"static"),
             // Larger than a copy is worth.
             carved(COPY_UP_TO + 1, 64 * 1024),
