@@ -703,6 +703,12 @@ impl RequestHeads {
         self.extensions = SavedExtensions::Empty;
     }
 
+    /// Whether the request had extensions besides tonic's `GrpcMethod`
+    /// (which the caller's `CallOptions` or `CancellationToken` may be).
+    pub(crate) fn has_other_extensions(&self) -> bool {
+        matches!(self.extensions, SavedExtensions::Other(_))
+    }
+
     /// Whether no header is kept.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {

@@ -153,11 +153,15 @@ impl CallKit {
         let request_timeout = kit.heads.fill(request);
         let state = &*call.state;
         let policy = state.policy(policy_ref);
-        let options = request
-            .extensions()
-            .get::<CallOptions>()
-            .copied()
-            .unwrap_or_default();
+        // A request that carries no extension but tonic's `GrpcMethod`
+        // (every call a generated client makes, unless the caller added
+        // one) has no options and no token: two hashed lookups spared.
+        let other_extensions = kit.heads.has_other_extensions();
+        let options = match other_extensions {
+            true => request.extensions().get::<CallOptions>().copied(),
+            false => None,
+        }
+        .unwrap_or_default();
         let (policy_attempts, cap) = match policy.hedging {
             Some(hedging) => (
                 hedging.max_attempts.clamp(1, DEFAULT_MAX_ATTEMPTS_CAP),
@@ -176,7 +180,10 @@ impl CallKit {
         if let Some(budget) = &state.budget {
             budget.deposit();
         }
-        let cancel = request.extensions().get::<CancellationToken>().cloned();
+        let cancel = match other_extensions {
+            true => request.extensions().get::<CancellationToken>().cloned(),
+            false => None,
+        };
         if let Some(token) = &cancel {
             kit.cancelled.set(Some(token.clone().cancelled_owned()));
         }
@@ -246,6 +253,41 @@ mod tests {
         assert_eq!(kit.replay.buffered_bytes(), 0);
         assert!(kit.call.cancel.is_none() && kit.cancelled.is_none());
         assert!(kit.timer.is_none());
+    }
+
+    #[test]
+    fn options_and_tokens_are_found_with_or_without_grpc_method() {
+        let state = state();
+        let default_attempts = RetryPolicy::default().max_attempts;
+        // (GrpcMethod, CallOptions with 2 attempts, token) present?
+        for (method, options, token) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+            (true, true, true),
+            (true, false, true),
+        ] {
+            let mut request = http::Request::new(Body::empty());
+            let extensions = request.extensions_mut();
+            if method {
+                extensions.insert(tonic::GrpcMethod::new("pkg.Svc", "M"));
+            }
+            if options {
+                extensions.insert(crate::CallOptions::new().max_attempts(2));
+            }
+            if token {
+                extensions.insert(CancellationToken::new());
+            }
+            let mut kit = take(&state);
+            kit.as_mut().start(PolicyRef::Fixed, &mut request);
+            let case = format!("GrpcMethod {method}, options {options}, token {token}");
+            let attempts = if options { 2 } else { default_attempts };
+            assert_eq!(kit.call.max_attempts, attempts, "{case}");
+            assert_eq!(kit.call.cancel.is_some(), token, "{case}");
+            assert_eq!(kit.cancelled.is_some(), token, "{case}");
+            recycle(kit);
+        }
     }
 
     #[test]
