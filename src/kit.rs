@@ -12,8 +12,9 @@
 //! Warm, a call allocates no kit, and its header copy goes into a list that
 //! already has room.
 //!
-//! A pooled kit keeps its `Arc` of the last layer state it served, so the
-//! next call through the same layer needs no reference-count update. That
+//! A pooled kit keeps its `Arc` of the last layer state it served (and its
+//! replay keeps that layer's buffer-cap handle), so the next call through
+//! the same layer needs no reference-count update. That
 //! holds the layer's policies and counters (a few hundred bytes, no
 //! connection or task) until the kit serves another layer or the thread
 //! ends. Everything that belongs to one call (request bytes, the buffer
@@ -157,9 +158,10 @@ impl CallKit {
         // (every call a generated client makes, unless the caller added
         // one) has no options and no token: two hashed lookups spared.
         let other_extensions = kit.heads.has_other_extensions();
-        let options = match other_extensions {
-            true => request.extensions().get::<CallOptions>().copied(),
-            false => None,
+        let options = if other_extensions {
+            request.extensions().get::<CallOptions>().copied()
+        } else {
+            None
         }
         .unwrap_or_default();
         let (policy_attempts, cap) = match policy.hedging {
@@ -180,9 +182,10 @@ impl CallKit {
         if let Some(budget) = &state.budget {
             budget.deposit();
         }
-        let cancel = match other_extensions {
-            true => request.extensions().get::<CancellationToken>().cloned(),
-            false => None,
+        let cancel = if other_extensions {
+            request.extensions().get::<CancellationToken>().cloned()
+        } else {
+            None
         };
         if let Some(token) = &cancel {
             kit.cancelled.set(Some(token.clone().cancelled_owned()));
