@@ -67,8 +67,13 @@ enum Mode<B> {
 /// A body that was complete when the call started: at most one data chunk
 /// and trailers.
 struct Whole {
-    /// Kept only while the request is replayable.
+    /// Kept only while the request is replayable (unless the bytes are in
+    /// `inline`).
     data: Option<Bytes>,
+    /// Room for a small kept copy, made once and reused by every call the
+    /// replay is refilled for; the first `inline_len` bytes are the copy.
+    inline: Option<Box<[u8; INLINE_UP_TO]>>,
+    inline_len: usize,
     trailers: Option<Box<HeaderMap>>,
     /// Cleared (once) by a commit, which also returns the reservation.
     replayable: AtomicBool,
@@ -236,27 +241,66 @@ impl<B> Shared<B> {
     }
 }
 
-/// Chunks up to this size are copied for keeping (see [`to_send_and_keep`]).
+/// Chunks up to this size are copied for keeping (see [`Whole::keep`]).
 const COPY_UP_TO: usize = 4 * 1024;
 
-/// The chunk to send on the first attempt, and the chunk to keep for later
-/// ones. tonic encodes each message into the front of a fresh 8 KiB
-/// buffer, so keeping the chunk it sends would keep all of that buffer
-/// alive until the call commits: for a typical small request, many times
-/// the bytes the cap counts. A small chunk that nothing else refers to may
-/// be such a slice (its buffer's size cannot be asked without converting
-/// it), so it is copied for keeping, a small allocation and copy; the first
-/// attempt sends the original, whose buffer goes once it is sent, as it
-/// would without the layer. Larger chunks fill most of their buffer, and
-/// static or shared ones have a backing that copying would not free, so
-/// those are shared.
-#[inline]
-fn to_send_and_keep(chunk: Bytes) -> (Bytes, Bytes) {
-    if chunk.len() <= COPY_UP_TO && !chunk.is_empty() && chunk.is_unique() {
-        let kept = Bytes::copy_from_slice(&chunk);
-        return (chunk, kept);
+/// Copies up to this size are kept in the replay's own room, with no
+/// allocation per call.
+const INLINE_UP_TO: usize = 256;
+
+impl Whole {
+    /// Keeps `chunk` for later attempts and returns it for the first.
+    ///
+    /// tonic encodes each message into the front of a fresh 8 KiB buffer,
+    /// so keeping the chunk it sends would keep all of that buffer alive
+    /// until the call commits: for a typical small request, many times the
+    /// bytes the cap counts. A small chunk that nothing else refers to may
+    /// be such a slice (its buffer's size cannot be asked without
+    /// converting it), so a copy is kept instead: in the replay's own room
+    /// up to [`INLINE_UP_TO`] bytes (a later attempt makes a `Bytes` of it,
+    /// so only retries allocate), else in a new `Bytes`. The first attempt
+    /// sends the original, whose buffer goes once it is sent, as it would
+    /// without the layer. Larger chunks fill most of their buffer, and
+    /// static or shared ones have a backing that copying would not free, so
+    /// those are shared.
+    #[inline]
+    fn keep(&mut self, chunk: Bytes) -> Bytes {
+        let len = chunk.len();
+        if len == 0 || len > COPY_UP_TO || !chunk.is_unique() {
+            self.data = Some(chunk.clone());
+        } else if len <= INLINE_UP_TO {
+            let room = self
+                .inline
+                .get_or_insert_with(|| Box::new([0; INLINE_UP_TO]));
+            room[..len].copy_from_slice(&chunk);
+            self.inline_len = len;
+        } else {
+            self.data = Some(Bytes::copy_from_slice(&chunk));
+        }
+        chunk
     }
-    (chunk.clone(), chunk)
+
+    /// The kept chunk, for a later attempt.
+    fn kept(&self) -> Option<Bytes> {
+        match &self.inline {
+            Some(room) if self.inline_len > 0 => {
+                Some(Bytes::copy_from_slice(&room[..self.inline_len]))
+            }
+            _ => self.data.clone(),
+        }
+    }
+
+    /// Forgets the inline copy, and wipes it: nothing of a call's request
+    /// outlives the call in a pooled kit.
+    #[inline]
+    fn clear_inline(&mut self) {
+        if let Some(room) = &mut self.inline
+            && self.inline_len > 0
+        {
+            room[..self.inline_len].fill(0);
+        }
+        self.inline_len = 0;
+    }
 }
 
 /// Whether `len` more bytes may be kept: within the call's `limit` (with
@@ -323,6 +367,8 @@ impl<B> Replay<B> {
         Replay {
             mode: Mode::Whole(Whole {
                 data: None,
+                inline: None,
+                inline_len: 0,
                 trailers: None,
                 replayable: AtomicBool::new(false),
                 reserved: 0,
@@ -345,6 +391,7 @@ impl<B> Replay<B> {
                     cap.release(whole.reserved);
                 }
                 whole.data = None;
+                whole.clear_inline();
                 whole.trailers = None;
                 whole.reserved = 0;
             }
@@ -375,7 +422,7 @@ impl<B> Replay<B> {
     pub fn body(&self) -> ReplayBody<B> {
         let kind = match &self.mode {
             Mode::Whole(whole) if whole.replayable.load(Ordering::Acquire) => BodyKind::Whole {
-                data: whole.data.clone(),
+                data: whole.kept(),
                 trailers: whole.trailers.clone(),
                 exact_size: whole.exact_size,
             },
@@ -542,14 +589,15 @@ where
         let len = data.as_ref().map_or(0, Bytes::len);
         let replayable = reserve(len, 0, limit, whole.cap.as_deref());
         let trailers = trailers.map(Box::new);
-        let (first_data, kept) = match data {
-            Some(data) if replayable => {
-                let (first, kept) = to_send_and_keep(data);
-                (Some(first), Some(kept))
-            }
+        debug_assert!(
+            whole.data.is_none() && whole.inline_len == 0,
+            "refilled while full"
+        );
+        let first_data = match data {
+            Some(data) if replayable => Some(whole.keep(data)),
             // Too large to keep: the first attempt's body holds the only
             // reference, so the memory goes as soon as it is sent.
-            data => (data, None),
+            data => data,
         };
         let first = ReplayBody {
             kind: BodyKind::Whole {
@@ -558,7 +606,6 @@ where
                 exact_size,
             },
         };
-        whole.data = kept;
         whole.trailers = trailers;
         *whole.replayable.get_mut() = replayable;
         whole.reserved = len;
@@ -1495,27 +1542,43 @@ mod tests {
         buf.split().freeze()
     }
 
-    #[test]
-    fn a_small_chunk_of_a_large_buffer_is_copied_for_keeping() {
-        let chunk = carved(69, 8 * 1024);
-        let original = chunk.as_ptr();
-        let (sent, kept) = to_send_and_keep(chunk);
-        assert_eq!(
-            sent.as_ptr(),
-            original,
-            "the first attempt sends the original"
-        );
-        assert_ne!(kept.as_ptr(), original, "the kept chunk is a copy");
-        assert_eq!(sent, kept);
-        drop(sent);
-        assert!(
-            kept.is_unique(),
-            "the copy holds no part of the 8 KiB buffer"
-        );
+    /// The first attempt's chunk and a later attempt's, from a replay of
+    /// a body holding `chunk`.
+    async fn first_and_later(chunk: Bytes) -> (Bytes, Bytes) {
+        let (replay, first) = Replay::start(http_body_util::Full::new(chunk), 1 << 20, None);
+        let first = drain(first).await.unwrap().0.remove(0);
+        let later = drain(replay.body()).await.unwrap().0.remove(0);
+        (first, later)
     }
 
-    #[test]
-    fn other_chunks_are_shared_not_copied() {
+    #[tokio::test]
+    async fn a_small_chunk_of_a_large_buffer_is_copied_for_keeping() {
+        // In the replay's own room, and in a `Bytes` of its own.
+        for len in [1, 69, INLINE_UP_TO, INLINE_UP_TO + 1, COPY_UP_TO] {
+            let chunk = carved(len, 8 * 1024);
+            let original = chunk.as_ptr();
+            let (first, later) = first_and_later(chunk).await;
+            assert_eq!(
+                first.as_ptr(),
+                original,
+                "{len}: the first attempt sends the original"
+            );
+            assert_ne!(
+                later.as_ptr(),
+                original,
+                "{len}: a later attempt sends a copy"
+            );
+            assert_eq!(first, later, "{len}");
+            drop(first);
+            assert!(
+                later.is_unique(),
+                "{len}: the copy holds no part of the 8 KiB buffer"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_chunks_are_shared_not_copied() {
         for chunk in [
             // Backing unknown, and nothing to free.
             Bytes::from_static(b"static"),
@@ -1523,17 +1586,40 @@ mod tests {
             carved(COPY_UP_TO + 1, 64 * 1024),
         ] {
             let original = chunk.as_ptr();
-            let (sent, kept) = to_send_and_keep(chunk);
-            assert_eq!((sent.as_ptr(), kept.as_ptr()), (original, original));
+            let (first, later) = first_and_later(chunk).await;
+            assert_eq!((first.as_ptr(), later.as_ptr()), (original, original));
         }
-        // Still shared with someone else: its buffer's size is unknown.
+        // Still shared with someone else: copying would free nothing.
         let chunk = carved(10, 8 * 1024);
         let other = chunk.clone();
-        let (sent, kept) = to_send_and_keep(chunk);
+        let (first, later) = first_and_later(chunk).await;
         assert_eq!(
-            (sent.as_ptr(), kept.as_ptr()),
+            (first.as_ptr(), later.as_ptr()),
             (other.as_ptr(), other.as_ptr())
         );
+    }
+
+    #[tokio::test]
+    async fn an_inline_copy_is_wiped_when_released_and_replaced_when_refilled() {
+        let cap = Arc::new(ChannelBufferCap::new(1024));
+        let mut replay = Replay::released();
+        drop(replay.restart(http_body_util::Full::new(carved(5, 8 * 1024)), 1024, &cap));
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec![&[7u8; 5][..]]);
+        replay.release_keeping_cap();
+        let Mode::Whole(whole) = &replay.mode else {
+            panic!("a released replay is whole")
+        };
+        assert_eq!(whole.inline_len, 0);
+        assert!(
+            whole.inline.as_ref().unwrap().iter().all(|b| *b == 0),
+            "wiped"
+        );
+        // A shorter request next: only its bytes come back.
+        let mut next = bytes::BytesMut::with_capacity(8 * 1024);
+        next.extend_from_slice(b"ab");
+        drop(replay.restart(http_body_util::Full::new(next.split().freeze()), 1024, &cap));
+        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["ab"]);
+        assert_eq!(cap.used(), 2);
     }
 
     #[tokio::test]
