@@ -241,16 +241,25 @@ impl<B> Shared<B> {
     }
 }
 
-/// Chunks up to this size are copied for keeping (see [`Whole::keep`]).
+/// Chunks up to this size are copied for keeping (see [`Keeping::of`]).
 const COPY_UP_TO: usize = 4 * 1024;
 
 /// Copies up to this size are kept in the replay's own room, with no
 /// allocation per call.
 const INLINE_UP_TO: usize = 256;
 
-impl Whole {
-    /// Keeps `chunk` for later attempts and returns it for the first.
-    ///
+/// How a whole body's chunk is kept for later attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keeping {
+    /// The chunk itself, shared with the first attempt.
+    Share,
+    /// A copy in the replay's own room.
+    Inline,
+    /// A copy in a `Bytes` of its own.
+    Copy,
+}
+
+impl Keeping {
     /// tonic encodes each message into the front of a fresh 8 KiB buffer,
     /// so keeping the chunk it sends would keep all of that buffer alive
     /// until the call commits: for a typical small request, many times the
@@ -258,24 +267,39 @@ impl Whole {
     /// be such a slice (its buffer's size cannot be asked without
     /// converting it), so a copy is kept instead: in the replay's own room
     /// up to [`INLINE_UP_TO`] bytes (a later attempt makes a `Bytes` of it,
-    /// so only retries allocate), else in a new `Bytes`. The first attempt
-    /// sends the original, whose buffer goes once it is sent, as it would
-    /// without the layer. Larger chunks fill most of their buffer, and
-    /// static or shared ones have a backing that copying would not free, so
-    /// those are shared.
+    /// so only retries allocate), else in a new `Bytes`. Larger chunks fill
+    /// most of their buffer, and static or shared ones have a backing that
+    /// copying would not free, so those are shared.
     #[inline]
-    fn keep(&mut self, chunk: Bytes) -> Bytes {
+    fn of(chunk: &Bytes) -> Self {
         let len = chunk.len();
         if len == 0 || len > COPY_UP_TO || !chunk.is_unique() {
-            self.data = Some(chunk.clone());
+            Keeping::Share
         } else if len <= INLINE_UP_TO {
-            let room = self
-                .inline
-                .get_or_insert_with(|| Box::new([0; INLINE_UP_TO]));
-            room[..len].copy_from_slice(&chunk);
-            self.inline_len = len;
+            Keeping::Inline
         } else {
-            self.data = Some(Bytes::copy_from_slice(&chunk));
+            Keeping::Copy
+        }
+    }
+}
+
+impl Whole {
+    /// Keeps `chunk` for later attempts, as `keeping` says, and returns it
+    /// for the first attempt, which sends the original (its buffer goes
+    /// once it is sent, as it would without the layer).
+    #[inline]
+    fn keep(&mut self, chunk: Bytes, keeping: Keeping) -> Bytes {
+        match keeping {
+            Keeping::Share => self.data = Some(chunk.clone()),
+            Keeping::Inline => {
+                let len = chunk.len();
+                let room = self
+                    .inline
+                    .get_or_insert_with(|| Box::new([0; INLINE_UP_TO]));
+                room[..len].copy_from_slice(&chunk);
+                self.inline_len = len;
+            }
+            Keeping::Copy => self.data = Some(Bytes::copy_from_slice(&chunk)),
         }
         chunk
     }
@@ -587,14 +611,22 @@ where
             whole.cap = cap;
         }
         let len = data.as_ref().map_or(0, Bytes::len);
-        let replayable = reserve(len, 0, limit, whole.cap.as_deref());
+        let keeping = data.as_ref().map_or(Keeping::Share, Keeping::of);
+        // The cap is charged what keeping really holds: a copy in the room
+        // holds all of the room.
+        let held = match keeping {
+            Keeping::Inline => INLINE_UP_TO,
+            Keeping::Share | Keeping::Copy => len,
+        };
+        let replayable =
+            len <= limit && whole.cap.as_deref().is_none_or(|cap| cap.try_reserve(held));
         let trailers = trailers.map(Box::new);
         debug_assert!(
             whole.data.is_none() && whole.inline_len == 0,
             "refilled while full"
         );
         let first_data = match data {
-            Some(data) if replayable => Some(whole.keep(data)),
+            Some(data) if replayable => Some(whole.keep(data, keeping)),
             // Too large to keep: the first attempt's body holds the only
             // reference, so the memory goes as soon as it is sent.
             data => data,
@@ -608,7 +640,7 @@ where
         };
         whole.trailers = trailers;
         *whole.replayable.get_mut() = replayable;
-        whole.reserved = len;
+        whole.reserved = held;
         whole.exact_size = exact_size;
         first
     }
@@ -1537,8 +1569,12 @@ mod tests {
     /// A chunk carved from the front of a larger buffer, as tonic's encoder
     /// makes them, and now the buffer's only view.
     fn carved(len: usize, buffer: usize) -> Bytes {
+        carved_from(&vec![7u8; len], buffer)
+    }
+
+    fn carved_from(content: &[u8], buffer: usize) -> Bytes {
         let mut buf = bytes::BytesMut::with_capacity(buffer);
-        buf.extend(std::iter::repeat_n(7u8, len));
+        buf.extend_from_slice(content);
         buf.split().freeze()
     }
 
@@ -1614,22 +1650,41 @@ mod tests {
             whole.inline.as_ref().unwrap().iter().all(|b| *b == 0),
             "wiped"
         );
-        // A shorter request next: only its bytes come back.
-        let mut next = bytes::BytesMut::with_capacity(8 * 1024);
-        next.extend_from_slice(b"ab");
-        drop(replay.restart(http_body_util::Full::new(next.split().freeze()), 1024, &cap));
+        assert_eq!(cap.used(), 0);
+        // A shorter request next: only its bytes come back, from the same
+        // room.
+        let room = whole.inline.as_ref().unwrap().as_ptr();
+        drop(replay.restart(
+            http_body_util::Full::new(carved_from(b"ab", 8 * 1024)),
+            1024,
+            &cap,
+        ));
         assert_eq!(drain(replay.body()).await.unwrap().0, vec!["ab"]);
-        assert_eq!(cap.used(), 2);
+        let Mode::Whole(whole) = &replay.mode else {
+            panic!("refilled whole")
+        };
+        assert_eq!(whole.inline.as_ref().unwrap().as_ptr(), room, "no new room");
+        assert_eq!(cap.used(), INLINE_UP_TO, "the cap is charged the room");
     }
 
     #[tokio::test]
     async fn a_whole_body_keeps_only_its_own_bytes() {
         let cap = Arc::new(ChannelBufferCap::new(1 << 20));
-        let chunk = carved(69, 8 * 1024);
+        // Charged what is really held: the room for a copy that fits it,
+        // the copy's own bytes otherwise.
+        for (len, held) in [(69, INLINE_UP_TO), (1024, 1024)] {
+            let (replay, _) = Replay::start(
+                http_body_util::Full::new(carved(len, 8 * 1024)),
+                1 << 20,
+                Some(cap.clone()),
+            );
+            assert_eq!((replay.buffered_bytes(), cap.used()), (held, held));
+        }
+        assert_eq!(cap.used(), 0);
+        let chunk = carved(1024, 8 * 1024);
         let original = chunk.as_ptr();
         let (replay, mut first) =
-            Replay::start(http_body_util::Full::new(chunk), 1024, Some(cap.clone()));
-        assert_eq!((replay.buffered_bytes(), cap.used()), (69, 69));
+            Replay::start(http_body_util::Full::new(chunk), 2048, Some(cap.clone()));
         let Poll::Ready(Some(Ok(frame))) = poll_once(&mut first) else {
             panic!("the first attempt's chunk is ready");
         };
@@ -1640,6 +1695,6 @@ mod tests {
         };
         let kept = frame.into_data().unwrap();
         assert_ne!(kept.as_ptr(), original);
-        assert_eq!(kept.len(), 69);
+        assert_eq!(kept.len(), 1024);
     }
 }
