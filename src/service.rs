@@ -254,8 +254,7 @@ mod tests {
                 assert_eq!(response.headers()["grpc-status"], "0");
             });
         });
-        let seen = spans.0.lock().unwrap().clone();
-        seen
+        spans.0.lock().unwrap().clone()
     }
 
     #[test]
