@@ -936,6 +936,25 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_uri_is_replaced_unless_byte_for_byte_the_same() {
+        let mut heads = RequestHeads::empty();
+        for uri in [
+            "http://Host:50051/pkg.Svc/M",
+            // Equal as a `Uri` (hosts compare without case), not as bytes.
+            "http://host:50051/pkg.Svc/M",
+            "http://host:50051/pkg.Svc/N",
+            "https://host:50051/pkg.Svc/N",
+            "/pkg.Svc/N",
+        ] {
+            let mut request = http::Request::new(());
+            *request.uri_mut() = Uri::from_static(uri);
+            heads.fill(&request);
+            assert_eq!(heads.parts().uri.to_string(), uri);
+            heads.clear();
+        }
+    }
+
+    #[test]
     fn the_kept_head_rebuilds_method_uri_and_version() {
         let mut request = http::Request::new(());
         *request.method_mut() = Method::PUT;
