@@ -854,6 +854,7 @@ impl ReplayBody<tonic::body::Body> {
     /// takes. Its errors become `Status` here, so tonic's `Body::new` takes
     /// the box as it is instead of wrapping it in one more layer that every
     /// frame would pass through.
+    #[inline]
     pub(crate) fn into_tonic(self) -> tonic::body::Body {
         tonic::body::Body::new(http_body_util::BodyExt::boxed_unsync(TonicReplayBody(self)))
     }
