@@ -62,6 +62,7 @@ pub(crate) struct Call {
 
 impl Call {
     /// The policy this call resolved to.
+    #[inline]
     pub(crate) fn policy(&self) -> CallPolicy<'_> {
         self.state.policy(self.policy_ref)
     }
@@ -198,6 +199,7 @@ impl Call {
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
     /// The clock is read only when the call has a deadline or per-attempt
     /// timeout.
+    #[inline]
     pub(crate) fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
         let per_attempt = self.policy().retry.per_attempt_timeout;
         if self.deadline.is_none() && per_attempt.is_none() {
@@ -552,6 +554,7 @@ pub(crate) fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
+#[inline]
 pub(crate) fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -689,6 +692,7 @@ impl RequestHeads {
     /// Drops the kept head's values (the URI and method, small and
     /// holding no resource, are overwritten by the next call). A very long
     /// list gives its room back.
+    #[inline]
     pub(crate) fn clear(&mut self) {
         if self.order.capacity() > KEPT_HEADER_ROOM {
             self.order = Vec::new();
@@ -757,6 +761,7 @@ impl RequestHeads {
 
 /// Whether two URIs are the same bytes (`Uri`'s own equality ignores the
 /// case of the host, and a retry must resend exactly what the caller sent).
+#[inline]
 fn same_uri(a: &Uri, b: &Uri) -> bool {
     a.scheme_str() == b.scheme_str()
         && a.authority().map(|a| a.as_str()) == b.authority().map(|b| b.as_str())

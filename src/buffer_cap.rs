@@ -30,6 +30,7 @@ impl ChannelBufferCap {
 
     /// Reserves `bytes`, or returns false (reserving nothing) if that would
     /// pass the limit.
+    #[inline]
     pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
         if bytes == 0 {
             return true;

@@ -91,6 +91,7 @@ const SCAN_LIMIT: usize = 8;
 /// present. Every response is classified, so this is on the happy path: a
 /// small head (the usual case) is scanned once, which is cheaper than two
 /// hashed lookups; a large one is looked up.
+#[inline]
 fn status_headers(headers: &HeaderMap) -> (Option<&HeaderValue>, bool) {
     if headers.len() > SCAN_LIMIT {
         return (

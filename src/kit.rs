@@ -212,6 +212,7 @@ impl CallKit {
     /// Releases everything of the call that ended: the buffer reservation
     /// and request bytes, the head's values, the span (which closes it),
     /// the token and the timers. Keeps the allocations and the layer state.
+    #[inline]
     fn empty(self: Pin<&mut Self>) {
         let mut kit = self.project();
         kit.replay.release_keeping_cap();

@@ -99,6 +99,7 @@ impl LayerState {
     }
 
     /// The policy `resolve` pointed to.
+    #[inline]
     pub(crate) fn policy(&self, policy: PolicyRef) -> CallPolicy<'_> {
         match (policy, &self.policies) {
             (PolicyRef::Fixed, Policies::Fixed(retry)) => CallPolicy {

@@ -406,6 +406,7 @@ impl<B> Replay<B> {
     /// no atomic read-modify-write: nothing else can see this replay any
     /// more) but keeps the cap's handle, so that [`restart`](Self::restart)
     /// for the next call through the same layer need not clone it.
+    #[inline]
     pub(crate) fn release_keeping_cap(&mut self) {
         match &mut self.mode {
             Mode::Whole(whole) => {
