@@ -67,13 +67,8 @@ enum Mode<B> {
 /// A body that was complete when the call started: at most one data chunk
 /// and trailers.
 struct Whole {
-    /// Kept only while the request is replayable (unless the bytes are in
-    /// `inline`).
+    /// Kept only while the request is replayable.
     data: Option<Bytes>,
-    /// Room for a small kept copy, made once and reused by every call the
-    /// replay is refilled for; the first `inline_len` bytes are the copy.
-    inline: Option<Box<[u8; INLINE_UP_TO]>>,
-    inline_len: usize,
     trailers: Option<Box<HeaderMap>>,
     /// Cleared (once) by a commit, which also returns the reservation.
     replayable: AtomicBool,
@@ -241,89 +236,28 @@ impl<B> Shared<B> {
     }
 }
 
-/// Chunks up to this size are copied for keeping (see [`Keeping::of`]).
-const COPY_UP_TO: usize = 4 * 1024;
-
-/// Copies up to this size are kept in the replay's own room, with no
-/// allocation per call.
-const INLINE_UP_TO: usize = 256;
-
-/// How a whole body's chunk is kept for later attempts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Keeping {
-    /// The chunk itself, shared with the first attempt.
-    Share,
-    /// A copy in the replay's own room.
-    Inline,
-    /// A copy in a `Bytes` of its own.
-    Copy,
-}
-
-impl Keeping {
-    /// tonic encodes each message into the front of a fresh 8 KiB buffer,
-    /// so keeping the chunk it sends would keep all of that buffer alive
-    /// until the call commits: for a typical small request, many times the
-    /// bytes the cap counts. A small chunk that nothing else refers to may
-    /// be such a slice (its buffer's size cannot be asked without
-    /// converting it), so a copy is kept instead: in the replay's own room
-    /// up to [`INLINE_UP_TO`] bytes (a later attempt makes a `Bytes` of it,
-    /// so only retries allocate), else in a new `Bytes`. Larger chunks fill
-    /// most of their buffer, and static or shared ones have a backing that
-    /// copying would not free, so those are shared.
-    #[inline]
-    fn of(chunk: &Bytes) -> Self {
-        let len = chunk.len();
-        if len == 0 || len > COPY_UP_TO || !chunk.is_unique() {
-            Keeping::Share
-        } else if len <= INLINE_UP_TO {
-            Keeping::Inline
-        } else {
-            Keeping::Copy
+/// `chunk`, and the bytes that keeping it holds alive.
+///
+/// A chunk is kept, never copied: `Bytes` are reference counted. But a
+/// chunk may be a slice of a larger buffer that it keeps alive whole: tonic
+/// encodes each message into the front of a fresh 8 KiB buffer, so keeping
+/// a typical small request holds many times its size until the call
+/// commits. When nothing else refers to the chunk (the caller's body, read
+/// to its end, has been dropped), its buffer's size can be asked, without
+/// a copy or an allocation, and that is what the cap is charged, so that
+/// the cap bounds the memory really held. A static or still-shared chunk
+/// is charged its length.
+#[inline]
+fn with_footprint(chunk: Bytes) -> (Bytes, usize) {
+    match chunk.try_into_mut() {
+        Ok(unique) => {
+            let held = unique.capacity().max(unique.len());
+            (unique.freeze(), held)
         }
-    }
-}
-
-impl Whole {
-    /// Keeps `chunk` for later attempts, as `keeping` says, and returns it
-    /// for the first attempt, which sends the original (its buffer goes
-    /// once it is sent, as it would without the layer).
-    #[inline]
-    fn keep(&mut self, chunk: Bytes, keeping: Keeping) -> Bytes {
-        match keeping {
-            Keeping::Share => self.data = Some(chunk.clone()),
-            Keeping::Inline => {
-                let len = chunk.len();
-                let room = self
-                    .inline
-                    .get_or_insert_with(|| Box::new([0; INLINE_UP_TO]));
-                room[..len].copy_from_slice(&chunk);
-                self.inline_len = len;
-            }
-            Keeping::Copy => self.data = Some(Bytes::copy_from_slice(&chunk)),
+        Err(shared) => {
+            let len = shared.len();
+            (shared, len)
         }
-        chunk
-    }
-
-    /// The kept chunk, for a later attempt.
-    fn kept(&self) -> Option<Bytes> {
-        match &self.inline {
-            Some(room) if self.inline_len > 0 => {
-                Some(Bytes::copy_from_slice(&room[..self.inline_len]))
-            }
-            _ => self.data.clone(),
-        }
-    }
-
-    /// Forgets the inline copy, and wipes it: nothing of a call's request
-    /// outlives the call in a pooled kit.
-    #[inline]
-    fn clear_inline(&mut self) {
-        if let Some(room) = &mut self.inline
-            && self.inline_len > 0
-        {
-            room[..self.inline_len].fill(0);
-        }
-        self.inline_len = 0;
     }
 }
 
@@ -391,8 +325,6 @@ impl<B> Replay<B> {
         Replay {
             mode: Mode::Whole(Whole {
                 data: None,
-                inline: None,
-                inline_len: 0,
                 trailers: None,
                 replayable: AtomicBool::new(false),
                 reserved: 0,
@@ -416,7 +348,6 @@ impl<B> Replay<B> {
                     cap.release(whole.reserved);
                 }
                 whole.data = None;
-                whole.clear_inline();
                 whole.trailers = None;
                 whole.reserved = 0;
             }
@@ -447,7 +378,7 @@ impl<B> Replay<B> {
     pub fn body(&self) -> ReplayBody<B> {
         let kind = match &self.mode {
             Mode::Whole(whole) if whole.replayable.load(Ordering::Acquire) => BodyKind::Whole {
-                data: whole.kept(),
+                data: whole.data.clone(),
                 trailers: whole.trailers.clone(),
                 exact_size: whole.exact_size,
             },
@@ -612,26 +543,23 @@ where
             whole.cap = cap;
         }
         let len = data.as_ref().map_or(0, Bytes::len);
-        let keeping = data.as_ref().map_or(Keeping::Share, Keeping::of);
-        // The cap is charged what keeping really holds: a copy in the room
-        // holds all of the room.
-        let held = match keeping {
-            Keeping::Inline => INLINE_UP_TO,
-            Keeping::Share | Keeping::Copy => len,
+        let (data, held) = match data {
+            Some(chunk) => {
+                let (chunk, held) = with_footprint(chunk);
+                (Some(chunk), held)
+            }
+            None => (None, 0),
         };
+        // The call's limit is on the request's size; the layer-wide cap is
+        // charged the memory keeping it holds.
         let replayable =
             len <= limit && whole.cap.as_deref().is_none_or(|cap| cap.try_reserve(held));
         let trailers = trailers.map(Box::new);
-        debug_assert!(
-            whole.data.is_none() && whole.inline_len == 0,
-            "refilled while full"
-        );
-        let first_data = match data {
-            Some(data) if replayable => Some(whole.keep(data, keeping)),
-            // Too large to keep: the first attempt's body holds the only
-            // reference, so the memory goes as soon as it is sent.
-            data => data,
-        };
+        debug_assert!(whole.data.is_none(), "refilled while full");
+        // Too large to keep: the first attempt's body holds the only
+        // reference, so the memory goes as soon as it is sent.
+        whole.data = if replayable { data.clone() } else { None };
+        let first_data = data;
         let first = ReplayBody {
             kind: BodyKind::Whole {
                 data: first_data,
@@ -1580,123 +1508,82 @@ mod tests {
         buf.split().freeze()
     }
 
-    /// The first attempt's chunk and a later attempt's, from a replay of
-    /// a body holding `chunk`.
-    async fn first_and_later(chunk: Bytes) -> (Bytes, Bytes) {
-        let (replay, first) = Replay::start(http_body_util::Full::new(chunk), 1 << 20, None);
+    /// The first attempt's chunk and a later attempt's from a replay of a
+    /// body holding `chunk`, and what the cap was charged meanwhile.
+    async fn first_and_later(chunk: Bytes) -> (Bytes, Bytes, usize) {
+        let cap = Arc::new(ChannelBufferCap::new(1 << 20));
+        let (replay, first) =
+            Replay::start(http_body_util::Full::new(chunk), 1 << 20, Some(cap.clone()));
+        let charged = cap.used();
+        assert_eq!(replay.buffered_bytes(), charged);
         let first = drain(first).await.unwrap().0.remove(0);
         let later = drain(replay.body()).await.unwrap().0.remove(0);
-        (first, later)
+        (first, later, charged)
     }
 
     #[tokio::test]
-    async fn a_small_chunk_of_a_large_buffer_is_copied_for_keeping() {
-        // In the replay's own room, and in a `Bytes` of its own.
-        for len in [1, 69, INLINE_UP_TO, INLINE_UP_TO + 1, COPY_UP_TO] {
-            let chunk = carved(len, 8 * 1024);
+    async fn a_kept_chunk_is_never_copied_and_is_charged_the_buffer_it_holds() {
+        // (chunk, what keeping it holds)
+        let big = carved(5000, 64 * 1024);
+        for (chunk, held) in [
+            // tonic's shape: a small message at the front of 8 KiB.
+            (carved(69, 8 * 1024), 8 * 1024),
+            (carved(1024, 8 * 1024), 8 * 1024),
+            // A buffer it fills.
+            (Bytes::from(vec![1u8; 100]), 100),
+            (big, 64 * 1024),
+            // Static: nothing held beyond its length (nothing to ask).
+            (Bytes::from_static(b"static"), 6),
+        ] {
             let original = chunk.as_ptr();
-            let (first, later) = first_and_later(chunk).await;
+            let (first, later, charged) = first_and_later(chunk).await;
             assert_eq!(
                 first.as_ptr(),
                 original,
-                "{len}: the first attempt sends the original"
+                "the first attempt sends the chunk"
             );
-            assert_ne!(
+            assert_eq!(
                 later.as_ptr(),
                 original,
-                "{len}: a later attempt sends a copy"
+                "a later attempt sends it again, uncopied"
             );
-            assert_eq!(first, later, "{len}");
-            drop(first);
-            assert!(
-                later.is_unique(),
-                "{len}: the copy holds no part of the 8 KiB buffer"
-            );
+            assert_eq!(first, later);
+            assert_eq!(charged, held);
         }
     }
 
     #[tokio::test]
-    async fn other_chunks_are_shared_not_copied() {
-        for chunk in [
-            // Backing unknown, and nothing to free.
-            Bytes::from_static(b"static"),
-            // Larger than a copy is worth.
-            carved(COPY_UP_TO + 1, 64 * 1024),
-        ] {
-            let original = chunk.as_ptr();
-            let (first, later) = first_and_later(chunk).await;
-            assert_eq!((first.as_ptr(), later.as_ptr()), (original, original));
-        }
-        // Still shared with someone else: copying would free nothing.
+    async fn a_chunk_shared_elsewhere_is_charged_its_length() {
         let chunk = carved(10, 8 * 1024);
         let other = chunk.clone();
-        let (first, later) = first_and_later(chunk).await;
+        let (first, later, charged) = first_and_later(chunk).await;
         assert_eq!(
             (first.as_ptr(), later.as_ptr()),
             (other.as_ptr(), other.as_ptr())
         );
+        assert_eq!(charged, 10, "its buffer's size cannot be asked");
     }
 
     #[tokio::test]
-    async fn an_inline_copy_is_wiped_when_released_and_replaced_when_refilled() {
-        let cap = Arc::new(ChannelBufferCap::new(1024));
-        let mut replay = Replay::released();
-        drop(replay.restart(http_body_util::Full::new(carved(5, 8 * 1024)), 1024, &cap));
-        assert_eq!(drain(replay.body()).await.unwrap().0, vec![&[7u8; 5][..]]);
-        replay.release_keeping_cap();
-        let Mode::Whole(whole) = &replay.mode else {
-            panic!("a released replay is whole")
-        };
-        assert_eq!(whole.inline_len, 0);
-        assert!(
-            whole.inline.as_ref().unwrap().iter().all(|b| *b == 0),
-            "wiped"
-        );
-        assert_eq!(cap.used(), 0);
-        // A shorter request next: only its bytes come back, from the same
-        // room.
-        let room = whole.inline.as_ref().unwrap().as_ptr();
-        drop(replay.restart(
-            http_body_util::Full::new(carved_from(b"ab", 8 * 1024)),
-            1024,
-            &cap,
-        ));
-        assert_eq!(drain(replay.body()).await.unwrap().0, vec!["ab"]);
-        let Mode::Whole(whole) = &replay.mode else {
-            panic!("refilled whole")
-        };
-        assert_eq!(whole.inline.as_ref().unwrap().as_ptr(), room, "no new room");
-        assert_eq!(cap.used(), INLINE_UP_TO, "the cap is charged the room");
-    }
-
-    #[tokio::test]
-    async fn a_whole_body_keeps_only_its_own_bytes() {
+    async fn a_whole_body_over_the_call_limit_is_sent_but_not_kept() {
         let cap = Arc::new(ChannelBufferCap::new(1 << 20));
-        // Charged what is really held: the room for a copy that fits it,
-        // the copy's own bytes otherwise.
-        for (len, held) in [(69, INLINE_UP_TO), (1024, 1024)] {
-            let (replay, _) = Replay::start(
-                http_body_util::Full::new(carved(len, 8 * 1024)),
-                1 << 20,
-                Some(cap.clone()),
-            );
-            assert_eq!((replay.buffered_bytes(), cap.used()), (held, held));
-        }
-        assert_eq!(cap.used(), 0);
-        let chunk = carved(1024, 8 * 1024);
-        let original = chunk.as_ptr();
-        let (replay, mut first) =
-            Replay::start(http_body_util::Full::new(chunk), 2048, Some(cap.clone()));
-        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut first) else {
-            panic!("the first attempt's chunk is ready");
-        };
-        assert_eq!(frame.data_ref().unwrap().as_ptr(), original);
-        let mut second = replay.body();
-        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut second) else {
-            panic!("the kept chunk is ready");
-        };
-        let kept = frame.into_data().unwrap();
-        assert_ne!(kept.as_ptr(), original);
-        assert_eq!(kept.len(), 1024);
+        let (replay, first) = Replay::start(
+            http_body_util::Full::new(carved(100, 8 * 1024)),
+            99,
+            Some(cap.clone()),
+        );
+        assert!(!replay.is_replayable());
+        assert_eq!(cap.used(), 0, "nothing reserved");
+        assert_eq!(drain(first).await.unwrap().0[0].len(), 100);
+        // Under the call's limit but over what the cap has left: the limit
+        // is on the request's size, the cap on what keeping it holds.
+        let small_cap = Arc::new(ChannelBufferCap::new(4 * 1024));
+        let (replay, _) = Replay::start(
+            http_body_util::Full::new(carved(100, 8 * 1024)),
+            1024,
+            Some(small_cap.clone()),
+        );
+        assert!(!replay.is_replayable());
+        assert_eq!(small_cap.used(), 0);
     }
 }
