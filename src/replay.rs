@@ -249,6 +249,13 @@ impl<B> Shared<B> {
 /// is charged its length.
 #[inline]
 fn with_footprint(chunk: Bytes) -> (Bytes, usize) {
+    // Asked first, in a register: a conversion that fails hands the chunk
+    // back through memory, which costs a stall on the common static and
+    // shared chunks.
+    if !chunk.is_unique() {
+        let len = chunk.len();
+        return (chunk, len);
+    }
     match chunk.try_into_mut() {
         Ok(unique) => {
             let held = unique.capacity().max(unique.len());
