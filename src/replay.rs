@@ -20,7 +20,10 @@
 //! * **Capped.** Once the recorded bytes would pass the limit, recording
 //!   stops and the buffer is released. The request is still sent in full, but
 //!   it can no longer be replayed, so the call is never retried (A6 treats
-//!   this as a commit).
+//!   this as a commit). The layer-wide cap is charged what keeping really
+//!   holds: a whole body's chunk that nothing else refers to is charged the
+//!   size of its buffer (tonic encodes each message into the front of an
+//!   8 KiB one), so the cap bounds real memory.
 //! * **Hand-over.** Only one attempt at a time reads the original body (it
 //!   holds the *source*). A later attempt first replays the recorded chunks;
 //!   once it has caught up it takes the source over, which happens when the
@@ -1506,12 +1509,8 @@ mod tests {
     /// A chunk carved from the front of a larger buffer, as tonic's encoder
     /// makes them, and now the buffer's only view.
     fn carved(len: usize, buffer: usize) -> Bytes {
-        carved_from(&vec![7u8; len], buffer)
-    }
-
-    fn carved_from(content: &[u8], buffer: usize) -> Bytes {
         let mut buf = bytes::BytesMut::with_capacity(buffer);
-        buf.extend_from_slice(content);
+        buf.extend(std::iter::repeat_n(7u8, len));
         buf.split().freeze()
     }
 
