@@ -285,9 +285,7 @@ impl Call {
         attempt: u32,
     ) -> http::Response<R> {
         replay.commit();
-        if let Some(throttle) = &self.state.throttle {
-            throttle.record_success();
-        }
+        self.record_success();
         self.surface_response(response, attempt, Code::Ok)
     }
 
@@ -296,10 +294,15 @@ impl Call {
     /// adds nothing to it). The kit is emptied right after, which releases
     /// the replay buffer.
     pub(crate) fn commit_first(&self) {
+        self.record_success();
+        self.finish(1, code_name(Code::Ok));
+    }
+
+    /// A committed call refills the throttling bucket.
+    fn record_success(&self) {
         if let Some(throttle) = &self.state.throttle {
             throttle.record_success();
         }
-        self.finish(1, code_name(Code::Ok));
     }
 
     /// The response `attempt` produced, which ends the call with `code`
