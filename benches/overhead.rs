@@ -367,6 +367,33 @@ fn main() {
         );
         return;
     }
+    // Pair mode, for comparing two builds of the layer: one variant against
+    // raw only, in many short interleaved rounds, e.g.
+    // OVERHEAD_PAIR=tonic-retry <bench binary>; prints the median added ns.
+    if let Ok(name) = std::env::var("OVERHEAD_PAIR") {
+        let i = variants
+            .iter()
+            .position(|v| v.name() == name)
+            .unwrap_or_else(|| panic!("OVERHEAD_PAIR: no variant named {name:?}"));
+        let (pair_rounds, pair_calls) = (201, 20_000);
+        variants[0].run(warmup);
+        variants[i].run(warmup);
+        let mut added = Vec::with_capacity(pair_rounds);
+        for round in 0..pair_rounds {
+            let order = if round % 2 == 0 { [0, i] } else { [i, 0] };
+            let mut per_call = [0.0; 2];
+            for k in order {
+                let elapsed = variants[k].run(pair_calls);
+                per_call[usize::from(k != 0)] = elapsed.as_nanos() as f64 / pair_calls as f64;
+            }
+            added.push(per_call[1] - per_call[0]);
+        }
+        println!(
+            "{name}: added {:.1} ns/call (median of {pair_rounds} paired rounds)",
+            common::median(&mut added)
+        );
+        return;
+    }
     for v in &mut variants {
         v.run(warmup);
     }
