@@ -124,7 +124,12 @@ where
         // The first attempt goes out now, on the service `poll_ready`
         // readied, exactly as it would without the layer.
         match self.ready_error.take() {
-            None => ResponseFuture::first(self.inner.call(request), kit, self.spare.clone()),
+            None => {
+                // Cloned first, so that nothing runs between the inner call
+                // and the future it returns being written into ours.
+                let spare = self.spare.clone();
+                ResponseFuture::first(self.inner.call(request), kit, spare)
+            }
             Some(error) => ResponseFuture::looping(into_loop(
                 kit,
                 FirstAttempt::<S>::InFlight(Err(error)),
