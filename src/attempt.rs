@@ -767,8 +767,25 @@ impl RequestHeads {
 #[inline]
 fn same_uri(a: &Uri, b: &Uri) -> bool {
     a.scheme_str() == b.scheme_str()
-        && a.authority().map(|a| a.as_str()) == b.authority().map(|b| b.as_str())
-        && a.path_and_query().map(|p| p.as_str()) == b.path_and_query().map(|p| p.as_str())
+        && same_part(
+            a.authority().map(|a| a.as_str()),
+            b.authority().map(|b| b.as_str()),
+        )
+        && same_part(
+            a.path_and_query().map(|p| p.as_str()),
+            b.path_and_query().map(|p| p.as_str()),
+        )
+}
+
+/// Whether two parts of URIs are the same bytes. A generated client's path
+/// is the same static string on every call, so the same address and length
+/// settle it without comparing the bytes.
+#[inline]
+fn same_part(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 /// The request's extensions, kept for retries. tonic's generated clients
@@ -960,6 +977,20 @@ mod tests {
             assert_eq!(heads.parts().uri.to_string(), uri);
             heads.clear();
         }
+    }
+
+    #[test]
+    fn uri_parts_match_by_address_or_by_bytes_never_by_prefix() {
+        let path = "/pkg.Svc/Method";
+        let copy = String::from(path);
+        assert!(same_part(Some(path), Some(path)), "the same static string");
+        assert!(same_part(Some(path), Some(&copy)), "same bytes elsewhere");
+        // Same address, shorter: a prefix is not the same part.
+        assert!(!same_part(Some(path), Some(&path[..4])));
+        assert!(!same_part(Some(path), Some("/pkg.Svc/Methox")));
+        assert!(!same_part(Some(path), None));
+        assert!(!same_part(None, Some(path)));
+        assert!(same_part(None, None));
     }
 
     #[test]
