@@ -164,6 +164,13 @@ struct InFlight {
     peak_buffered: f64,
     /// Attempts the server had received when the first call answered.
     arrived_at_first_answer: usize,
+    /// Client live bytes above the starting point when the first call
+    /// answered: every call in flight, and no flood of answers buffered
+    /// yet (the high-water mark may fall in that flood, whose size
+    /// depends on timing).
+    live_at_first_answer: f64,
+    /// `RetryLayer::buffered_bytes()` at that moment (0 for raw).
+    buffered_at_first_answer: f64,
 }
 
 /// (b): `IN_FLIGHT` calls in flight through `client` at once. Everything the
@@ -218,11 +225,19 @@ where
                 .expect("in-flight call succeeds");
         });
     }
-    let mut arrived_at_first_answer = None;
+    let mut at_first_answer = None;
     while let Some(joined) = tasks.join_next().await {
         joined.expect("task");
-        arrived_at_first_answer.get_or_insert_with(|| server.total_attempts() - attempts_before);
+        at_first_answer.get_or_insert_with(|| {
+            (
+                server.total_attempts() - attempts_before,
+                (common::live_bytes() - start) as f64,
+                layer.map_or(0, RetryLayer::buffered_bytes) as f64,
+            )
+        });
     }
+    let (arrived_at_first_answer, live_at_first_answer, buffered_at_first_answer) =
+        at_first_answer.unwrap_or_default();
     drop(tasks);
     let peak_live = (common::peak_live_bytes() - start) as f64;
     common::stop_counting();
@@ -243,7 +258,9 @@ where
     InFlight {
         peak_live,
         peak_buffered,
-        arrived_at_first_answer: arrived_at_first_answer.unwrap_or(0),
+        arrived_at_first_answer,
+        live_at_first_answer,
+        buffered_at_first_answer,
     }
 }
 
@@ -251,7 +268,11 @@ where
 fn median_of(runs: &[InFlight]) -> InFlight {
     let mut live: Vec<f64> = runs.iter().map(|r| r.peak_live).collect();
     let mut buffered: Vec<f64> = runs.iter().map(|r| r.peak_buffered).collect();
+    let mut at_first: Vec<f64> = runs.iter().map(|r| r.live_at_first_answer).collect();
+    let mut buffered_at_first: Vec<f64> = runs.iter().map(|r| r.buffered_at_first_answer).collect();
     InFlight {
+        live_at_first_answer: common::median(&mut at_first),
+        buffered_at_first_answer: common::median(&mut buffered_at_first),
         peak_live: common::median(&mut live),
         peak_buffered: common::median(&mut buffered),
         arrived_at_first_answer: runs
@@ -364,6 +385,12 @@ fn main() {
         let full = median_of(&layer_runs);
         let capped = median_of(&capped_runs);
         let unbuffered = median_of(&unbuffered_runs).peak_live;
+        // The layer's own state per call in flight, from the moment every
+        // call is in flight and none answered.
+        let unbuffered_at_first = median_of(&unbuffered_runs).live_at_first_answer;
+        let per_call_state = (unbuffered_at_first
+            - median_of(&raw_runs).live_at_first_answer)
+            / IN_FLIGHT as f64;
         let in_flight_encoded = IN_FLIGHT_PAYLOAD + 3 + 5; // protobuf tag and length, gRPC frame prefix
         let mib = |b: f64| b / MIB as f64;
         // Every call was in flight at the peak only if all were sent before
@@ -382,15 +409,16 @@ fn main() {
         );
         println!("    raw channel:                 {:6.1} MiB", mib(raw));
         println!(
-            "    layer, replay_limit(0):      {:6.1} MiB  (+{:.1} MiB over raw = {:.0} bytes of per-call state)",
+            "    layer, replay_limit(0):      {:6.1} MiB  (+{:.1} MiB over raw; {:.0} bytes of per-call state, \
+             measured when the first call answered)",
             mib(unbuffered),
             mib(unbuffered - raw),
-            (unbuffered - raw) / IN_FLIGHT as f64
+            per_call_state
         );
         println!(
             "    attempts at the server when the first call answered (lowest of all runs): {arrived}{}",
             if arrived < IN_FLIGHT {
-                "  WARNING: not every call was in flight at once; the peaks above are low"
+                "  WARNING: not every call was in flight at once; the figures below are low"
             } else {
                 ""
             }
@@ -399,16 +427,18 @@ fn main() {
             ("layer, 16 MiB cap (default)", full, layer.buffer_limit()),
             ("layer, 4 MiB cap", capped, capped_layer.buffer_limit()),
         ] {
-            let held = run.peak_live - unbuffered;
+            let held = run.live_at_first_answer - unbuffered_at_first;
             println!(
-                "    {name:<28} {:6.1} MiB  (+{:.1} MiB over replay_limit(0)); peak buffered_bytes() {:.2} MiB \
-                 = {:.0} requests (cap {:.0} MiB): memory held {:.1} x the bytes accounted",
+                "    {name:<28} {:6.1} MiB peak; peak buffered_bytes() {:.2} MiB = {:.0} requests \
+                 (cap {:.0} MiB); when the first call answered: {:.1} MiB more than replay_limit(0) \
+                 for {:.2} MiB accounted, {:.3} x",
                 mib(run.peak_live),
-                mib(held),
                 mib(run.peak_buffered),
                 run.peak_buffered / in_flight_encoded as f64,
                 mib(limit as f64),
-                held / run.peak_buffered.max(1.0),
+                mib(held),
+                mib(run.buffered_at_first_answer),
+                held / run.buffered_at_first_answer.max(1.0),
             );
         }
 
@@ -421,15 +451,16 @@ fn main() {
         common::result("replay_peak_live_bytes_raw", raw);
         common::result("replay_peak_live_bytes_layer_no_replay", unbuffered);
         common::result("replay_peak_live_bytes_layer", full.peak_live);
-        common::result(
-            "replay_per_call_state_bytes",
-            (unbuffered - raw) / IN_FLIGHT as f64,
-        );
+        common::result("replay_per_call_state_bytes", per_call_state);
         common::result("replay_peak_buffered_bytes", full.peak_buffered);
-        common::result("replay_peak_buffer_memory_bytes", full.peak_live - unbuffered);
+        common::result(
+            "replay_buffer_memory_bytes",
+            full.live_at_first_answer - unbuffered_at_first,
+        );
         common::result(
             "replay_buffer_memory_vs_accounted",
-            (full.peak_live - unbuffered) / full.peak_buffered.max(1.0),
+            (full.live_at_first_answer - unbuffered_at_first)
+                / full.buffered_at_first_answer.max(1.0),
         );
         common::result("replay_buffer_limit", layer.buffer_limit() as f64);
         common::result("replay_capped_peak_live_bytes", capped.peak_live);
@@ -441,7 +472,8 @@ fn main() {
         );
         common::result(
             "replay_capped_buffer_memory_vs_accounted",
-            (capped.peak_live - unbuffered) / capped.peak_buffered.max(1.0),
+            (capped.live_at_first_answer - unbuffered_at_first)
+                / capped.buffered_at_first_answer.max(1.0),
         );
     });
     drop(server);
