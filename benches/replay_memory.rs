@@ -429,12 +429,11 @@ fn main() {
         ] {
             let held = run.live_at_first_answer - unbuffered_at_first;
             println!(
-                "    {name:<28} {:6.1} MiB peak; peak buffered_bytes() {:.2} MiB = {:.0} requests \
+                "    {name:<28} {:6.1} MiB peak; peak buffered_bytes() {:.2} MiB \
                  (cap {:.0} MiB); when the first call answered: {:.1} MiB more than replay_limit(0) \
                  for {:.2} MiB accounted, {:.3} x",
                 mib(run.peak_live),
                 mib(run.peak_buffered),
-                run.peak_buffered / in_flight_encoded as f64,
                 mib(limit as f64),
                 mib(held),
                 mib(run.buffered_at_first_answer),
