@@ -567,8 +567,9 @@ where
             len <= limit && whole.cap.as_deref().is_none_or(|cap| cap.try_reserve(held));
         let trailers = trailers.map(Box::new);
         debug_assert!(whole.data.is_none(), "refilled while full");
-        // Too large to keep: the first attempt's body holds the only
-        // reference, so the memory goes as soon as it is sent.
+        // Too large to keep (or over the cap): the clone is dropped here,
+        // the first attempt's body holds the only reference, and the
+        // memory goes as soon as it is sent.
         whole.data = if replayable { kept } else { None };
         let first_data = data;
         let first = ReplayBody {
