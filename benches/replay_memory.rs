@@ -32,10 +32,14 @@
 //!     `RetryLayer::buffered_bytes()` (what the cap accounts), sampled every
 //!     millisecond. The bench asserts that the sampled peak never passes
 //!     `RetryLayer::buffer_limit()`. Each run also counts the attempts the
-//!     server had received when the first answer came back: a high-water
-//!     mark holds all 10,000 calls only if every one was sent by then (on a
+//!     server had received when the first answer came back: the figures
+//!     hold all 10,000 calls only if every one was sent by then (on a
 //!     loaded machine 200 ms was sometimes too short, and one such run's
-//!     figures came out low), so the bench reports the lowest count.
+//!     figures came out low), so the bench reports the lowest count and
+//!     warns when it is short. The per-call state and the memory the
+//!     buffers hold are read at that moment (every call in flight, no
+//!     answer buffered yet): a high-water mark can fall in the flood of
+//!     10,000 answers instead, whose size depends on timing.
 //!
 //!     Live bytes above the `replay_limit(0)` layer are what the replay
 //!     buffers really hold. They are compared with the accounted bytes
@@ -407,6 +411,14 @@ fn main() {
              {IN_FLIGHT_DELAY_MS} ms server delay; median of {in_flight_reps}), client live-bytes high-water marks:",
             mib((IN_FLIGHT * in_flight_encoded) as f64)
         );
+        println!(
+            "    attempts at the server when the first call answered (lowest of all runs): {arrived}{}",
+            if arrived < IN_FLIGHT {
+                "  WARNING: not every call was in flight at once; the figures are low"
+            } else {
+                ""
+            }
+        );
         println!("    raw channel:                 {:6.1} MiB", mib(raw));
         println!(
             "    layer, replay_limit(0):      {:6.1} MiB  (+{:.1} MiB over raw; {:.0} bytes of per-call state, \
@@ -414,14 +426,6 @@ fn main() {
             mib(unbuffered),
             mib(unbuffered - raw),
             per_call_state
-        );
-        println!(
-            "    attempts at the server when the first call answered (lowest of all runs): {arrived}{}",
-            if arrived < IN_FLIGHT {
-                "  WARNING: not every call was in flight at once; the figures below are low"
-            } else {
-                ""
-            }
         );
         for (name, run, limit) in [
             ("layer, 16 MiB cap (default)", full, layer.buffer_limit()),
