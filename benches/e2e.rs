@@ -25,6 +25,11 @@
 //!   mixing the sides in one batch would let the layer's CPU time slow the
 //!   raw calls too, and hide it.
 //!
+//! A second pass repeats c1 and c64 with client and server on one worker
+//! thread (`e2e_ratio_c1_one_worker` and the like). The goal is judged on
+//! two workers; the second pass shows how much of what is measured there
+//! comes from how the work lands on the two threads.
+//!
 //! `E2E_PROFILE=raw|layer` (with `E2E_PROFILE_CALLS`, default 64,000, and
 //! `E2E_PROFILE_CONCURRENCY`, default 64) runs one side alone, for a
 //! profiler; see BENCHMARKS.md.
@@ -302,24 +307,9 @@ fn main() {
         }
 
         println!();
-        for (name, o, calls) in [("c1", &c1, calls_c1), ("c64", &c64, calls_c64)] {
-            let spread = |v: &[f64]| {
-                let mut v = v.to_vec();
-                (common::percentile(&mut v, 10.0), common::percentile(&mut v, 90.0))
-            };
-            let (lo, hi) = spread(&o.ratios);
-            let (clo, chi) = spread(&o.control_ratios);
-            println!(
-                "{name:>4}: raw {:.2} µs/call, layer {:.2} µs/call (medians over {} rounds of {calls} calls)\n      \
-                 layer/raw median {:.4} (p10 {lo:.4}, p90 {hi:.4}); \
-                 control raw/raw median {:.4} (p10 {clo:.4}, p90 {chi:.4})",
-                o.raw_us,
-                o.layer_us,
-                o.ratios.len(),
-                o.ratio,
-                o.control_ratio,
-            );
-        }
+        println!("two worker threads (client and server), the figures reported:");
+        report("c1", &c1, calls_c1);
+        report("c64", &c64, calls_c64);
         println!(
             "allocations per call (client + server): raw {:.2} ({:.0} bytes), layer {:.2} ({:.0} bytes)",
             allocs[0], bytes[0], allocs[1], bytes[1]
@@ -337,4 +327,54 @@ fn main() {
         common::result("e2e_layer_us_per_call_c64", c64.layer_us);
         server.shutdown().await;
     });
+    drop(rt);
+    if std::env::var_os("E2E_PROFILE").is_some() {
+        return;
+    }
+
+    // The same comparison with the whole process on one worker thread: the
+    // c1 gap measured on two workers is absent there, which places it in
+    // how the calls' work lands on the two threads rather than in the
+    // layer's own time (BENCHMARKS.md, `e2e`).
+    let one_worker = common::loopback_runtime_with(1);
+    one_worker.block_on(async {
+        let (server, channel) = common::server_and_channel().await;
+        let raw = EchoClient::new(channel.clone());
+        let control = EchoClient::new(channel.clone());
+        let layered = EchoClient::new(RetryLayer::new(RetryPolicy::default()).layer(channel));
+        let c1 = compare_c1(&raw, &layered, &control, rounds_c1, calls_c1).await;
+        let c64 = compare(&raw, &layered, &control, 64, rounds_c64, calls_c64).await;
+        println!("one worker thread (client and server):");
+        report("c1", &c1, calls_c1);
+        report("c64", &c64, calls_c64);
+        println!();
+        common::result("e2e_ratio_c1_one_worker", c1.ratio);
+        common::result("e2e_ratio_c64_one_worker", c64.ratio);
+        common::result("e2e_control_ratio_c1_one_worker", c1.control_ratio);
+        common::result("e2e_control_ratio_c64_one_worker", c64.control_ratio);
+        server.shutdown().await;
+    });
+}
+
+/// Prints one concurrency's figures: medians, and the spread of the ratios.
+fn report(name: &str, o: &Outcome, calls: usize) {
+    let spread = |v: &[f64]| {
+        let mut v = v.to_vec();
+        (
+            common::percentile(&mut v, 10.0),
+            common::percentile(&mut v, 90.0),
+        )
+    };
+    let (lo, hi) = spread(&o.ratios);
+    let (clo, chi) = spread(&o.control_ratios);
+    println!(
+        "{name:>4}: raw {:.2} µs/call, layer {:.2} µs/call (medians over {} rounds of {calls} calls)\n      \
+         layer/raw median {:.4} (p10 {lo:.4}, p90 {hi:.4}); \
+         control raw/raw median {:.4} (p10 {clo:.4}, p90 {chi:.4})",
+        o.raw_us,
+        o.layer_us,
+        o.ratios.len(),
+        o.ratio,
+        o.control_ratio,
+    );
 }

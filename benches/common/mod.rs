@@ -210,8 +210,13 @@ pub fn describe_machine() -> String {
 
 /// The runtime the loopback benches use: two workers, like the machine.
 pub fn loopback_runtime() -> tokio::runtime::Runtime {
+    loopback_runtime_with(2)
+}
+
+/// A loopback runtime with `workers` worker threads.
+pub fn loopback_runtime_with(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio runtime")
