@@ -28,7 +28,10 @@
 //! A second pass repeats c1 and c64 with client and server on one worker
 //! thread (`e2e_ratio_c1_one_worker` and the like). The goal is judged on
 //! two workers; the second pass shows how much of what is measured there
-//! comes from how the work lands on the two threads.
+//! comes from how the work lands on the two threads. For experiments,
+//! `E2E_CLIENT_WORKERS=N` changes the first pass's worker count and
+//! `E2E_SERVER_THREAD=1` gives the server a one-thread runtime of its own
+//! in both passes.
 //!
 //! `E2E_PROFILE=raw|layer` (with `E2E_PROFILE_CALLS`, default 64,000, and
 //! `E2E_PROFILE_CONCURRENCY`, default 64) runs one side alone, for a
@@ -42,6 +45,7 @@ static ALLOC: common::CountingAlloc = common::CountingAlloc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+use tonic_retry::testing::TestServer;
 use tonic_retry::testing::proto::{EchoClient, EchoRequest};
 use tonic_retry::{Retry, RetryLayer, RetryPolicy};
 use tower::Layer;
@@ -253,9 +257,29 @@ fn main() {
         common::describe_machine()
     );
 
-    let rt = common::loopback_runtime();
+    // Thread layout, for experiments (BENCHMARKS.md, `e2e`): the first
+    // pass's worker count, and whether the server gets a one-thread runtime
+    // of its own, as a server in another process would.
+    let client_workers = std::env::var("E2E_CLIENT_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
+    let server_rt = std::env::var_os("E2E_SERVER_THREAD").map(|_| common::loopback_runtime_with(1));
+    let server_handle = server_rt.as_ref().map(|rt| rt.handle().clone());
+    if client_workers != 2 || server_rt.is_some() {
+        println!(
+            "thread layout changed: {client_workers} client worker(s), server on {}",
+            if server_rt.is_some() {
+                "its own thread"
+            } else {
+                "the same runtime"
+            }
+        );
+    }
+
+    let rt = common::loopback_runtime_with(client_workers);
     rt.block_on(async {
-        let (server, channel) = common::server_and_channel().await;
+        let (server, channel) = start_server(server_handle.as_ref()).await;
         let raw = EchoClient::new(channel.clone());
         // A second raw client on the same channel: the A/A control.
         let control = EchoClient::new(channel.clone());
@@ -338,7 +362,7 @@ fn main() {
     // layer's own time (BENCHMARKS.md, `e2e`).
     let one_worker = common::loopback_runtime_with(1);
     one_worker.block_on(async {
-        let (server, channel) = common::server_and_channel().await;
+        let (server, channel) = start_server(server_handle.as_ref()).await;
         let raw = EchoClient::new(channel.clone());
         let control = EchoClient::new(channel.clone());
         let layered = EchoClient::new(RetryLayer::new(RetryPolicy::default()).layer(channel));
@@ -354,6 +378,25 @@ fn main() {
         common::result("e2e_control_ratio_c64_one_worker", c64.control_ratio);
         server.shutdown().await;
     });
+}
+
+/// The test server and a channel to it: on the calling runtime, or on
+/// `own` (a runtime of its own) when given.
+async fn start_server(own: Option<&tokio::runtime::Handle>) -> (TestServer, Channel) {
+    let Some(own) = own else {
+        return common::server_and_channel().await;
+    };
+    let server = own
+        .spawn(TestServer::start())
+        .await
+        .expect("server task")
+        .expect("test server");
+    let channel = tonic::transport::Endpoint::from_shared(server.uri())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    (server, channel)
 }
 
 /// Prints one concurrency's figures: medians, and the spread of the ratios.
