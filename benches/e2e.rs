@@ -391,11 +391,7 @@ async fn start_server(own: Option<&tokio::runtime::Handle>) -> (TestServer, Chan
         .await
         .expect("server task")
         .expect("test server");
-    let channel = tonic::transport::Endpoint::from_shared(server.uri())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = common::channel_to(&server).await;
     (server, channel)
 }
 

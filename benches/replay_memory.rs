@@ -55,7 +55,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_retry::testing::proto::{EchoClient, EchoRequest};
 use tonic_retry::testing::{FaultAction, TestServer, fault_header, set_script};
 use tonic_retry::{Jitter, Retry, RetryLayer, RetryPolicy};
@@ -149,14 +149,6 @@ async fn retried_call_bytes(
         common::median(&mut layer_bytes),
         common::median(&mut raw_bytes),
     )
-}
-
-async fn connect(server: &TestServer) -> Channel {
-    Endpoint::from_shared(server.uri())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
 }
 
 /// What one run of (b) saw.
@@ -314,7 +306,7 @@ fn main() {
         .expect("client runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
-        let channel = connect(&server).await;
+        let channel = common::channel_to(&server).await;
         let policy = RetryPolicy::builder()
             .max_attempts(4)
             .initial_backoff(Duration::from_millis(1))
@@ -374,14 +366,14 @@ fn main() {
         // streams compete for the window) and answer GOAWAY
         // ENHANCE_YOUR_CALM once a connection has sent too many.
         for _ in 0..in_flight_reps {
-            let raw_client = EchoClient::new(connect(&server).await);
+            let raw_client = EchoClient::new(common::channel_to(&server).await);
             raw_runs.push(in_flight(&raw_client, None, &server).await);
             for (layer, runs) in [
                 (&layer, &mut layer_runs),
                 (&capped_layer, &mut capped_runs),
                 (&unbuffered_layer, &mut unbuffered_runs),
             ] {
-                let client = EchoClient::new(layer.layer(connect(&server).await));
+                let client = EchoClient::new(layer.layer(common::channel_to(&server).await));
                 runs.push(in_flight(&client, Some(layer), &server).await);
             }
         }

@@ -227,10 +227,15 @@ pub async fn server_and_channel() -> (tonic_retry::testing::TestServer, tonic::t
     let server = tonic_retry::testing::TestServer::start()
         .await
         .expect("test server");
-    let channel = tonic::transport::Endpoint::from_shared(server.uri())
+    let channel = channel_to(&server).await;
+    (server, channel)
+}
+
+/// A new connection to `server`.
+pub async fn channel_to(server: &tonic_retry::testing::TestServer) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(server.uri())
         .expect("uri")
         .connect()
         .await
-        .expect("connect");
-    (server, channel)
+        .expect("connect")
 }
