@@ -266,15 +266,13 @@ fn main() {
         .unwrap_or(2);
     let server_rt = std::env::var_os("E2E_SERVER_THREAD").map(|_| common::loopback_runtime_with(1));
     let server_handle = server_rt.as_ref().map(|rt| rt.handle().clone());
+    let server_place = if server_rt.is_some() {
+        "server on its own thread"
+    } else {
+        "server on the same runtime"
+    };
     if client_workers != 2 || server_rt.is_some() {
-        println!(
-            "thread layout changed: {client_workers} client worker(s), server on {}",
-            if server_rt.is_some() {
-                "its own thread"
-            } else {
-                "the same runtime"
-            }
-        );
+        println!("thread layout changed: {client_workers} client worker(s), {server_place}");
     }
 
     let rt = common::loopback_runtime_with(client_workers);
@@ -331,7 +329,7 @@ fn main() {
         }
 
         println!();
-        println!("two worker threads (client and server), the figures reported:");
+        println!("{client_workers} worker thread(s), {server_place}: the figures reported");
         report("c1", &c1, calls_c1);
         report("c64", &c64, calls_c64);
         println!(
@@ -368,7 +366,7 @@ fn main() {
         let layered = EchoClient::new(RetryLayer::new(RetryPolicy::default()).layer(channel));
         let c1 = compare_c1(&raw, &layered, &control, rounds_c1, calls_c1).await;
         let c64 = compare(&raw, &layered, &control, 64, rounds_c64, calls_c64).await;
-        println!("one worker thread (client and server):");
+        println!("one worker thread, {server_place}:");
         report("c1", &c1, calls_c1);
         report("c64", &c64, calls_c64);
         println!();
