@@ -571,10 +571,9 @@ where
         // the first attempt's body holds the only reference, and the
         // memory goes as soon as it is sent.
         whole.data = if replayable { kept } else { None };
-        let first_data = data;
         let first = ReplayBody {
             kind: BodyKind::Whole {
-                data: first_data,
+                data,
                 trailers: trailers.as_deref().map(boxed_copy),
                 exact_size,
             },
