@@ -377,16 +377,17 @@ fn main() {
                 runs.push(in_flight(&client, Some(layer), &server).await);
             }
         }
-        let raw = median_of(&raw_runs).peak_live;
+        let raw_median = median_of(&raw_runs);
+        let unbuffered_median = median_of(&unbuffered_runs);
+        let raw = raw_median.peak_live;
         let full = median_of(&layer_runs);
         let capped = median_of(&capped_runs);
-        let unbuffered = median_of(&unbuffered_runs).peak_live;
+        let unbuffered = unbuffered_median.peak_live;
         // The layer's own state per call in flight, from the moment every
         // call is in flight and none answered.
-        let unbuffered_at_first = median_of(&unbuffered_runs).live_at_first_answer;
-        let per_call_state = (unbuffered_at_first
-            - median_of(&raw_runs).live_at_first_answer)
-            / IN_FLIGHT as f64;
+        let unbuffered_at_first = unbuffered_median.live_at_first_answer;
+        let per_call_state =
+            (unbuffered_at_first - raw_median.live_at_first_answer) / IN_FLIGHT as f64;
         let in_flight_encoded = IN_FLIGHT_PAYLOAD + 3 + 5; // protobuf tag and length, gRPC frame prefix
         let mib = |b: f64| b / MIB as f64;
         // Every call was in flight at the peak only if all were sent before
