@@ -38,7 +38,7 @@ use crate::deadline;
 use crate::layer::{CallPolicy, LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
 use crate::pushback::{self, Pushback};
-use crate::replay::Replay;
+use crate::replay::{BodyId, Replay};
 
 /// `grpc-previous-rpc-attempts`: sent on attempt 2 and later, and added to
 /// the metadata of the result the caller sees.
@@ -86,6 +86,8 @@ impl Call {
         let mut first = Some(first);
         let mut attempt: u32 = 0;
         let mut transparent_retry_used = false;
+        // The replay body of the attempt in flight.
+        let mut body_id = BodyId::FIRST;
 
         loop {
             attempt += 1;
@@ -95,7 +97,9 @@ impl Call {
                 Some(FirstAttempt::Finished(result)) => (Sending::Finished(result), first_deadline),
                 None => {
                     let (parts, deadline) = heads.next(attempt, self);
-                    let request = http::Request::from_parts(parts, replay.body().into_tonic());
+                    let body = replay.body();
+                    body_id = body.id();
+                    let request = http::Request::from_parts(parts, body.into_tonic());
                     (Sending::Later(service.clone(), Box::new(request)), deadline)
                 }
             };
@@ -120,6 +124,11 @@ impl Call {
                 }
             };
 
+            if result.is_err() {
+                // The attempt is over: its body stops, so a transport still
+                // pumping it lets go.
+                replay.abandon(body_id);
+            }
             let failure = match result {
                 Err(AttemptError::TimedOut) if attempt_deadline == self.deadline => {
                     let status = Status::deadline_exceeded(format!(
@@ -152,9 +161,12 @@ impl Call {
                 Ok(response) => match response_outcome(response) {
                     Ok(response) => {
                         attempt_span.record("code", "committed");
-                        return Ok(self.commit(replay, response, attempt));
+                        return Ok(self.commit(replay, body_id, response, attempt));
                     }
-                    Err((code, response)) => Failure::Response { code, response },
+                    Err((code, response)) => {
+                        replay.abandon(body_id);
+                        Failure::Response { code, response }
+                    }
                 },
             };
             let code = failure.code();
@@ -275,16 +287,18 @@ impl Call {
         }
     }
 
-    /// Ends the call with a committed response from `attempt`: releases the
-    /// replay buffer and credits the throttling bucket.
+    /// Ends the call with a committed response from `attempt`, whose body
+    /// is `body`: the replay stops recording (the body goes on sending what
+    /// it has not sent yet) and the throttling bucket is credited.
     #[inline]
     pub(crate) fn commit<B, R>(
         &self,
         replay: &Replay<B>,
+        body: BodyId,
         response: http::Response<R>,
         attempt: u32,
     ) -> http::Response<R> {
-        replay.commit();
+        replay.commit(body);
         self.record_success();
         self.surface_response(response, attempt, Code::Ok)
     }

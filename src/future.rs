@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::BoxError;
 use crate::attempt::{AttemptError, FirstAttempt, SharedService, cancelled_status, commits};
 use crate::kit::{self, KitBox};
+use crate::replay::BodyId;
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
@@ -140,9 +141,10 @@ where
                         Poll::Ready(Ok(mut response)) => {
                             if commits(&mut response).is_ok() {
                                 // The happy path: commit, and return the
-                                // kit to the pool, which releases the
-                                // replay buffer (no move of the call's
-                                // state, the response moved once).
+                                // kit to the pool (no move of the call's
+                                // state, the response moved once). A
+                                // streaming request goes on sending.
+                                parts.replay.commit_mut(BodyId::FIRST);
                                 parts.call.commit_first();
                                 if let Some(kit) = kit.take() {
                                     kit::recycle(kit);

@@ -26,13 +26,13 @@ use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{
-    Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, outcome, send, sleep_until,
-    wait_until,
+    AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, outcome, send,
+    sleep_until, wait_until,
 };
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
 use crate::pushback::Pushback;
-use crate::replay::Replay;
+use crate::replay::{BodyId, Replay};
 
 impl Call {
     /// Runs a hedged call to completion.
@@ -40,6 +40,7 @@ impl Call {
         &mut self,
         inner: S,
         first_ready: Result<(), BoxError>,
+        first_deadline: Option<Instant>,
         replay: &Replay<Body>,
         heads: &mut RequestHeads,
         first: http::Request<Body>,
@@ -64,19 +65,34 @@ impl Call {
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
         let mut launch = move |n: u32, this: &Call| {
-            // The call's deadline covers every hedge; `grpc-timeout` carries it.
-            let request = match first.take() {
-                Some(first) => first,
+            // The call's deadline covers every hedge, and so does the
+            // per-attempt timeout; `grpc-timeout` carries the earlier.
+            let (request, body, deadline) = match first.take() {
+                Some(first) => (first, BodyId::FIRST, first_deadline),
                 None => {
-                    let (parts, _) = heads.next(n, this);
-                    http::Request::from_parts(parts, replay.body().into_tonic())
+                    let (parts, deadline) = heads.next(n, this);
+                    let body = replay.body();
+                    let id = body.id();
+                    (
+                        http::Request::from_parts(parts, body.into_tonic()),
+                        id,
+                        deadline,
+                    )
                 }
             };
             let (mut service, ready) = first_service
                 .take()
                 .unwrap_or_else(|| (spare.clone(), Ok(false)));
             let span = debug_span!("grpc.hedge", attempt = n, code = field::Empty);
-            async move { (n, send(&mut service, ready, request).await) }.instrument(span)
+            async move {
+                let result = tokio::select! {
+                    biased;
+                    result = send(&mut service, ready, request) => result.map_err(AttemptError::Failed),
+                    () = sleep_until(deadline) => Err(AttemptError::TimedOut),
+                };
+                (n, body, result)
+            }
+            .instrument(span)
         };
 
         in_flight.push(launch(1, self));
@@ -130,15 +146,35 @@ impl Call {
                     ));
                     return Err(self.surface_status(status, sent));
                 }
-                Some((n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((n, body, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let result = match result {
+                        Ok(response) => Ok(response),
+                        Err(AttemptError::Failed(error)) => Err(error),
+                        Err(AttemptError::TimedOut) => {
+                            Err(Box::new(Status::deadline_exceeded(format!(
+                                "per-attempt timeout of {:?} expired",
+                                self.policy().retry.per_attempt_timeout.unwrap_or_default()
+                            ))) as BoxError)
+                        }
+                    };
                     let failure = match outcome(result) {
-                        Outcome::Commit(response) => {
+                        Outcome::Commit(response) if replay.can_commit(body) => {
                             // The winner. Dropping `in_flight` on return
                             // cancels every other attempt.
                             self.metrics.hedges(sent - 1);
-                            return Ok(self.commit(replay, response, n));
+                            return Ok(self.commit(replay, body, response, n));
+                        }
+                        Outcome::Commit(_) => {
+                            // Its server answered before the request, but the
+                            // request passed a buffer limit while another
+                            // attempt was sending it: this one can never send
+                            // it whole. Drop it (resetting its stream).
+                            debug!(attempt = n, "hedge answered after losing its replay buffer");
+                            replay.abandon(body);
+                            continue;
                         }
                         Outcome::Refused(error) if !transparent_retry_used && replay.is_replayable() => {
+                            replay.abandon(body);
                             debug!(attempt = n, %error, "transparent retry of a refused hedge");
                             transparent_retry_used = true;
                             self.metrics.transparent_retry();
@@ -149,12 +185,15 @@ impl Call {
                         Outcome::Failed(failure) => failure,
                     };
                     let code = failure.code();
+                    let lost_replay = replay.is_cut_off(body);
+                    replay.abandon(body);
                     if !hedging.non_fatal_codes.contains(code) {
-                        if !replay.is_replayable() && !in_flight.is_empty() {
-                            // This attempt lost its replay buffer (the call
-                            // passed a buffer limit): its failure says nothing
-                            // about the request. The attempts still reading
-                            // the original body go on; no more are sent.
+                        if lost_replay && !in_flight.is_empty() {
+                            // The layer cut this attempt's request short (the
+                            // request passed a buffer limit while another
+                            // attempt was sending it): its failure says
+                            // nothing about the request. The attempt still
+                            // sending it goes on; no more are sent.
                             debug!(attempt = n, code = code_name(code), "hedge lost its replay buffer");
                             stopped = true;
                             continue;

@@ -163,7 +163,14 @@ where
                 let parts = kit.as_mut().project();
                 let result = parts
                     .call
-                    .run_hedged(inner, first_ready, parts.replay, parts.heads, request)
+                    .run_hedged(
+                        inner,
+                        first_ready,
+                        *parts.first_deadline,
+                        parts.replay,
+                        parts.heads,
+                        request,
+                    )
                     .await;
                 kit::recycle(kit);
                 result
