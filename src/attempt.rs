@@ -213,7 +213,7 @@ impl Call {
     /// timeout.
     #[inline]
     pub(crate) fn attempt_deadline(&self, headers: &mut HeaderMap) -> Option<Instant> {
-        let per_attempt = self.policy().retry.per_attempt_timeout;
+        let per_attempt = self.policy().per_attempt_timeout();
         if self.deadline.is_none() && per_attempt.is_none() {
             return None;
         }

@@ -285,6 +285,12 @@ pub struct HedgingPolicy {
     /// Codes after which the next hedge is sent at once instead of failing
     /// the call. May be empty.
     pub non_fatal_codes: CodeSet,
+    /// How long each hedge may take, like a retry policy's
+    /// `per_attempt_timeout` (not part of A6's JSON: set it in code). A
+    /// hedge that runs out counts as DEADLINE_EXCEEDED, which is then
+    /// fatal unless `non_fatal_codes` lists it. `None`: only the call's
+    /// deadline applies.
+    pub per_attempt_timeout: Option<Duration>,
 }
 
 /// A6 `retryThrottling`: a per-channel token bucket, counted in integer
@@ -612,6 +618,7 @@ fn parse_hedging(path: &str, value: &Value) -> Result<HedgingPolicy, ConfigError
         max_attempts,
         hedging_delay,
         non_fatal_codes,
+        per_attempt_timeout: None,
     })
 }
 

@@ -54,6 +54,7 @@ impl Call {
             max_attempts: 1,
             hedging_delay: std::time::Duration::ZERO,
             non_fatal_codes: crate::CodeSet::EMPTY,
+            per_attempt_timeout: None,
         });
         let mut first = Some(first);
         // Hedges after the first need their own service (each is readied
@@ -153,7 +154,7 @@ impl Call {
                         Err(AttemptError::TimedOut) => {
                             Err(Box::new(Status::deadline_exceeded(format!(
                                 "per-attempt timeout of {:?} expired",
-                                self.policy().retry.per_attempt_timeout.unwrap_or_default()
+                                hedging.per_attempt_timeout.unwrap_or_default()
                             ))) as BoxError)
                         }
                     };

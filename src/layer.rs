@@ -71,6 +71,16 @@ pub(crate) struct CallPolicy<'a> {
     pub(crate) config_timeout: Option<Duration>,
 }
 
+impl CallPolicy<'_> {
+    /// How long each attempt (retry or hedge) may take.
+    pub(crate) fn per_attempt_timeout(&self) -> Option<Duration> {
+        match self.hedging {
+            Some(hedging) => hedging.per_attempt_timeout,
+            None => self.retry.per_attempt_timeout,
+        }
+    }
+}
+
 /// Which of a layer's policies a call uses: cheap to copy into the call's
 /// future, which owns the layer state it points into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +200,7 @@ impl RetryLayer {
     ///     max_attempts: 2,
     ///     hedging_delay: Duration::from_millis(20), // about the p90 latency
     ///     non_fatal_codes: [Code::Unavailable].into_iter().collect(),
+    ///     per_attempt_timeout: None,
     /// });
     /// # let _ = layer;
     /// ```

@@ -718,6 +718,7 @@ fn hedging_policy_parses_with_defaults_for_optional_fields() {
             max_attempts: 3,
             hedging_delay: Duration::from_millis(500),
             non_fatal_codes: CodeSet::EMPTY.with(Code::Unavailable),
+            per_attempt_timeout: None,
         }
     );
     assert_eq!(

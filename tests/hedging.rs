@@ -16,6 +16,7 @@ fn hedging(max_attempts: u32, delay_ms: u64) -> HedgingPolicy {
         max_attempts,
         hedging_delay: Duration::from_millis(delay_ms),
         non_fatal_codes: [Code::Unavailable].into_iter().collect::<CodeSet>(),
+        per_attempt_timeout: None,
     }
 }
 

@@ -219,6 +219,7 @@ fn hedges_are_recorded_apart_from_retries() {
             max_attempts: 3,
             hedging_delay: Duration::from_secs(1),
             non_fatal_codes: [Code::Unavailable].into_iter().collect::<CodeSet>(),
+            per_attempt_timeout: None,
         });
         let mut client = layered(channel(&server).await, layer);
         let script = [unavailable(), FaultAction::ok()];

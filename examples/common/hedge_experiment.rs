@@ -123,6 +123,7 @@ pub fn hedging_layer(delay: Duration) -> RetryLayer {
         max_attempts: 2,
         hedging_delay: delay,
         non_fatal_codes: [Code::Unavailable].into_iter().collect(),
+        per_attempt_timeout: None,
     })
 }
 

@@ -520,7 +520,9 @@ where
 impl<B> Drop for StreamingBody<B> {
     fn drop(&mut self) {
         let mut state = lock(&self.shared);
-        if let Some(body) = state.bodies.get_mut(self.id) {
+        // A cut-off body stays marked so: its attempt's failure is still
+        // the layer's doing once the transport has let the body go.
+        if let Some(body @ BodyState::Live { .. }) = state.bodies.get_mut(self.id) {
             *body = BodyState::Gone;
         }
         if state.winner == Some(self.id) {

@@ -811,6 +811,12 @@ async fn passing_the_limit_commits_to_the_attempt_reading_and_cuts_off_the_rest(
     assert!(replay.is_cut_off(behind.id()));
     assert_eq!(cap.used(), 0);
     assert!(is_released(poll_once(&mut behind)));
+    let behind_id = behind.id();
+    drop(behind);
+    assert!(
+        replay.is_cut_off(behind_id),
+        "still the layer's doing once dropped"
+    );
     assert_eq!(drain(reader).await.unwrap().0, vec!["9"]);
 }
 

@@ -31,7 +31,9 @@ pub struct FaultAction {
     /// For error codes: send normal response headers (HTTP 200,
     /// `content-type: application/grpc`) first and the status in trailers,
     /// instead of a Trailers-Only response. The client then sees a committed
-    /// call. No effect for OK, which always sends headers first.
+    /// call. For an OK `Unary` or `ClientStream` echo: send the response
+    /// headers at once, before reading the request, and read it while the
+    /// response body is polled (the echo follows the request's end).
     #[serde(skip_serializing_if = "is_false")]
     pub headers_first: bool,
     /// Sleep this long (with `tokio::time::sleep`) before responding at all.
@@ -82,6 +84,20 @@ pub struct FaultAction {
     /// finished streaming. `Bidi` never waits for the request body anyway.
     #[serde(skip_serializing_if = "is_false")]
     pub early: bool,
+    /// Sleep this long before doing anything else with the attempt: no
+    /// request bytes are read and no response is sent meanwhile, so the
+    /// request stream stalls once the HTTP/2 window is full.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stall_ms: u64,
+    /// Sleep this long before reading each request message: a slow reader,
+    /// whose stream the HTTP/2 window throttles.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub read_delay_ms: u64,
+    /// Read this many request messages (fewer if the request ends first),
+    /// then respond at once with this action's status, Trailers-Only (or
+    /// its reset), leaving the rest of the request unread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_after_messages: Option<u32>,
 }
 
 impl Default for FaultAction {
@@ -100,6 +116,9 @@ impl Default for FaultAction {
             reset: false,
             reset_reason: None,
             early: false,
+            stall_ms: 0,
+            read_delay_ms: 0,
+            fail_after_messages: None,
         }
     }
 }
@@ -201,6 +220,25 @@ impl FaultAction {
     /// Responds without reading the request body.
     pub fn early(mut self) -> Self {
         self.early = true;
+        self
+    }
+
+    /// Stalls `ms` before reading or answering anything.
+    pub fn stall_ms(mut self, ms: u64) -> Self {
+        self.stall_ms = ms;
+        self
+    }
+
+    /// Waits `ms` before reading each request message.
+    pub fn read_delay_ms(mut self, ms: u64) -> Self {
+        self.read_delay_ms = ms;
+        self
+    }
+
+    /// Reads `messages` request messages, then answers with this action's
+    /// status (Trailers-Only).
+    pub fn fail_after_messages(mut self, messages: u32) -> Self {
+        self.fail_after_messages = Some(messages);
         self
     }
 

@@ -37,7 +37,7 @@
 //! | `code` | integer 0..=16 | status code; 0 (default) echoes the request |
 //! | `message` | string | `grpc-message` |
 //! | `pushback` | string | raw `grpc-retry-pushback-ms` value |
-//! | `headers_first` | bool | errors: headers first, status in trailers |
+//! | `headers_first` | bool | errors: headers first, status in trailers; OK `Unary`/`ClientStream`: headers before reading the request |
 //! | `delay_ms` | integer | sleep before responding |
 //! | `body_delay_ms` | integer | sleep after the response headers |
 //! | `retry_info_ms` | integer | `google.rpc.RetryInfo` in `grpc-status-details-bin` |
@@ -47,16 +47,25 @@
 //! | `reset` | bool | `RST_STREAM` instead of a response |
 //! | `reset_reason` | integer | HTTP/2 error code of the reset (default 2, `INTERNAL_ERROR`) |
 //! | `early` | bool | respond without reading the request body |
+//! | `stall_ms` | integer | sleep before reading or answering anything |
+//! | `read_delay_ms` | integer | sleep before reading each request message |
+//! | `fail_after_messages` | integer | read that many messages, then answer with the status (Trailers-Only) |
 //!
 //! Build scripts with [`FaultAction`]'s helpers and [`fault_header`] (or
 //! [`set_script`]) rather than by hand.
 //!
 //! # What the server does with one attempt
 //!
-//! 1. It records an [`AttemptRecord`] as soon as the request headers arrive.
-//! 2. `Unary`, `ClientStream` and `ServerStream` read the whole request body
-//!    (updating `request_bytes` / `request_messages`), unless the action is
-//!    `early`. `Bidi` never waits for the request body.
+//! 1. It records an [`AttemptRecord`] as soon as the request headers arrive,
+//!    then sleeps `stall_ms` (reading nothing).
+//! 2. With `fail_after_messages: n`, it reads `n` request messages and
+//!    answers with the action's status at once (step 4, Trailers-Only).
+//!    Otherwise `Unary`, `ClientStream` and `ServerStream` read the whole
+//!    request body (updating `request_bytes` / `request_messages`), unless
+//!    the action is `early`, or an OK `headers_first` (`Unary` and
+//!    `ClientStream` then send their headers first and read the request as
+//!    the response body is polled, like `Bidi`). `Bidi` never waits for the
+//!    request body. Each message read waits `read_delay_ms` first.
 //! 3. It sleeps `delay_ms`. If the client resets the stream meanwhile, the
 //!    handler is dropped and the record is marked `cancelled`. Under
 //!    [`TestServer`], tonic's server also enforces the request's
@@ -198,6 +207,33 @@ impl TestServer {
 
     /// Starts a server for `service` on an already bound listener.
     pub async fn start_on(listener: TcpListener, service: EchoService) -> io::Result<TestServer> {
+        Self::serve(listener, service, None).await
+    }
+
+    /// A builder for a server with non-default settings, e.g. a small
+    /// HTTP/2 stream window:
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// use tonic_retry::testing::TestServer;
+    /// // h2's protocol default (hyper's server default is 1 MiB): a slow
+    /// // reader stalls a streaming request after 64 KiB.
+    /// let server = TestServer::builder().stream_window(65_535).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            service: EchoService::new(),
+            stream_window: None,
+        }
+    }
+
+    async fn serve(
+        listener: TcpListener,
+        service: EchoService,
+        stream_window: Option<u32>,
+    ) -> io::Result<TestServer> {
         let addr = listener.local_addr()?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -208,6 +244,7 @@ impl TestServer {
                 let _ = signal.await;
             };
             if let Err(e) = Server::builder()
+                .initial_stream_window_size(stream_window)
                 .serve_with_incoming_shutdown(svc, incoming, signal)
                 .await
             {
@@ -271,6 +308,43 @@ impl TestServer {
         {
             task.abort();
         }
+    }
+}
+
+/// Starts a [`TestServer`] with non-default settings; from
+/// [`TestServer::builder`].
+#[derive(Debug)]
+pub struct TestServerBuilder {
+    addr: SocketAddr,
+    service: EchoService,
+    stream_window: Option<u32>,
+}
+
+impl TestServerBuilder {
+    /// The HTTP/2 stream window the server grants each request stream (its
+    /// initial flow-control window), in bytes. hyper's default is 1 MiB.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = Some(bytes);
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1:0`).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// The service to serve (default a fresh one); reuse one to keep its
+    /// attempt records.
+    pub fn service(mut self, service: EchoService) -> Self {
+        self.service = service;
+        self
+    }
+
+    /// Binds and starts the server. Must be called within a tokio runtime.
+    pub async fn start(self) -> io::Result<TestServer> {
+        let listener = TcpListener::bind(self.addr).await?;
+        TestServer::serve(listener, self.service, self.stream_window).await
     }
 }
 

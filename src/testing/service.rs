@@ -355,11 +355,30 @@ async fn handle(service: EchoService, req: Request<Body>) -> Result<Response<Bod
         ))));
     };
 
-    if method == Method::Bidi {
+    sleep_ms(action.stall_ms).await;
+    let read_delay = Duration::from_millis(action.read_delay_ms);
+    if let Some(limit) = action.fail_after_messages {
+        // Reads part of the request, then fails before any response header.
+        let _ = read_messages(&mut body, &guard, Some(limit), read_delay).await;
+        sleep_ms(action.delay_ms).await;
+        return respond_fault(&action, guard);
+    }
+
+    let streamed = method == Method::Bidi
+        || (action.headers_first
+            && action.is_echo()
+            && !action.early
+            && method != Method::ServerStream);
+    if streamed {
         sleep_ms(action.delay_ms).await;
         if !action.is_echo() {
             return respond_fault(&action, guard);
         }
+        // Bidi answers each message; the others answer once, at the end.
+        let collected = (method != Method::Bidi).then(|| EchoResponse {
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            ..EchoResponse::default()
+        });
         let body = BidiBody {
             request: body,
             decoder: FrameDecoder::default(),
@@ -367,7 +386,10 @@ async fn handle(service: EchoService, req: Request<Body>) -> Result<Response<Bod
             state: BidiState::Reading,
             trailers: Some(status_block(&action)),
             body_delay: Duration::from_millis(action.body_delay_ms),
+            read_delay,
             sleep: None,
+            read_sleep: None,
+            collected,
             guard: Some(guard),
         };
         return Ok(with_headers(Body::new(body)));
@@ -375,7 +397,7 @@ async fn handle(service: EchoService, req: Request<Body>) -> Result<Response<Bod
 
     let mut messages = Vec::new();
     if !action.early {
-        match read_messages(&mut body, &guard).await {
+        match read_messages(&mut body, &guard, None, read_delay).await {
             Ok(m) => messages = m,
             Err(status) => {
                 guard.complete();
@@ -432,19 +454,35 @@ async fn sleep_ms(ms: u64) {
     }
 }
 
-/// Reads the whole request body, recording messages as they arrive.
-async fn read_messages(body: &mut Body, guard: &AttemptGuard) -> Result<Vec<Bytes>, Status> {
+/// Reads the request body (to its end, or up to `limit` messages),
+/// recording messages as they arrive, waiting `read_delay` before each.
+async fn read_messages(
+    body: &mut Body,
+    guard: &AttemptGuard,
+    limit: Option<u32>,
+    read_delay: Duration,
+) -> Result<Vec<Bytes>, Status> {
     let mut decoder = FrameDecoder::default();
     let mut messages = Vec::new();
+    let limit = limit.map_or(usize::MAX, |n| n as usize);
     loop {
+        if messages.len() >= limit {
+            return Ok(messages);
+        }
+        if !read_delay.is_zero() {
+            tokio::time::sleep(read_delay).await;
+        }
+        if let Some(msg) = decoder.next_message().map_err(FrameError::into_status)? {
+            guard.add_message(msg.len());
+            messages.push(msg);
+            continue;
+        }
         match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     decoder.push(&data);
-                    while let Some(msg) = decoder.next_message().map_err(FrameError::into_status)? {
-                        guard.add_message(msg.len());
-                        messages.push(msg);
-                    }
+                    // Messages are taken one at a time above, each after
+                    // its read delay.
                 }
             }
             Some(Err(e)) => {
@@ -653,7 +691,9 @@ enum BidiState {
     Done,
 }
 
-/// Bidi echo: one response per request message, as each arrives.
+/// An echo that reads the request while its response body is polled (the
+/// response headers went out first): for `Bidi`, one response per request
+/// message as it arrives; otherwise one response, at the request's end.
 struct BidiBody {
     request: Body,
     decoder: FrameDecoder,
@@ -661,7 +701,12 @@ struct BidiBody {
     state: BidiState,
     trailers: Option<HeaderMap>,
     body_delay: Duration,
+    /// Waited before each request message is taken.
+    read_delay: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    read_sleep: Option<Pin<Box<Sleep>>>,
+    /// The single response being put together (not `Bidi`).
+    collected: Option<EchoResponse>,
     guard: Option<AttemptGuard>,
 }
 
@@ -675,7 +720,8 @@ impl BidiBody {
         self.state = BidiState::Trailers;
     }
 
-    /// The response to one request message, or `None` after `fail`.
+    /// The response to one request message, or `None` after `fail` (or
+    /// when the response is collected for the end).
     fn answer(&mut self, msg: &Bytes) -> Option<Bytes> {
         self.guard.as_ref()?.add_message(msg.len());
         let request = match EchoRequest::decode(msg.clone()) {
@@ -691,6 +737,13 @@ impl BidiBody {
             let record = lock(&self.guard.as_ref()?.record);
             (record.request_bytes, record.request_messages)
         };
+        if let Some(collected) = &mut self.collected {
+            collected.payload.extend_from_slice(&request.payload);
+            collected.text.push_str(&request.text);
+            collected.request_bytes = request_bytes;
+            collected.request_messages = request_messages;
+            return None;
+        }
         Some(encode_frame(&EchoResponse {
             payload: request.payload,
             text: request.text,
@@ -713,8 +766,16 @@ impl http_body::Body for BidiBody {
         loop {
             match this.state {
                 BidiState::Reading => {
+                    if let Some(sleep) = &mut this.read_sleep {
+                        ready!(sleep.as_mut().poll(cx));
+                        this.read_sleep = None;
+                    }
                     match this.decoder.next_message() {
                         Ok(Some(msg)) => {
+                            if !this.read_delay.is_zero() {
+                                this.read_sleep =
+                                    Some(Box::pin(tokio::time::sleep(this.read_delay)));
+                            }
                             if let Some(frame) = this.answer(&msg) {
                                 return Poll::Ready(Some(Ok(Frame::data(frame))));
                             }
@@ -739,7 +800,14 @@ impl http_body::Body for BidiBody {
                         None if this.decoder.has_partial() => {
                             this.fail(&Status::internal("request ended inside a gRPC frame"));
                         }
-                        None => this.state = BidiState::Pausing,
+                        None => {
+                            this.state = BidiState::Pausing;
+                            if let Some(collected) = this.collected.take() {
+                                return Poll::Ready(Some(Ok(Frame::data(encode_frame(
+                                    &collected,
+                                )))));
+                            }
+                        }
                     }
                 }
                 BidiState::Pausing => {

@@ -242,11 +242,13 @@ proptest! {
                 Op::Start if attempts.len() < 5 => attempts.push(new_attempt(replay.body())),
                 Op::Start => {}
                 Op::Poll(i) => if let Some(a) = attempts.get_mut(i) { a.poll(&expected, end)?; },
-                Op::Commit(i) => if let Some(a) = attempts.get(i) && winner.is_none() && !a.abandoned {
-                    if replay.can_commit(a.id) {
-                        replay.commit(a.id);
-                        winner = Some(i);
-                    }
+                Op::Commit(i) => if let Some(a) = attempts.get(i)
+                    && winner.is_none()
+                    && !a.abandoned
+                    && replay.can_commit(a.id)
+                {
+                    replay.commit(a.id);
+                    winner = Some(i);
                 },
                 Op::Abandon(i) => if let Some(a) = attempts.get_mut(i) {
                     replay.abandon(a.id);
