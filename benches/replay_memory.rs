@@ -41,6 +41,11 @@
 //!     answer buffered yet): a high-water mark can fall in the flood of
 //!     10,000 answers instead, whose size depends on timing.
 //!
+//! (c) The same 10,000 calls with 100-byte payloads, through the default
+//!     cap and through `replay_limit(0)`: the bytes the cap is charged per
+//!     small call (so how many replayable calls 16 MiB hold) and the memory
+//!     the buffers really hold against that count.
+//!
 //!     Live bytes above the `replay_limit(0)` layer are what the replay
 //!     buffers really hold. They are compared with the accounted bytes
 //!     because a recorded chunk is a
@@ -70,6 +75,9 @@ const IN_FLIGHT: usize = 10_000;
 /// them to be sent before the first answers.
 const IN_FLIGHT_DELAY_MS: u64 = 500;
 const IN_FLIGHT_PAYLOAD: usize = 1024;
+/// The payload of the small requests of (c), like the issue's 100-byte
+/// unary request.
+const SMALL_PAYLOAD: usize = 100;
 /// The channel-wide cap of the capped layer in (b): below the ~10 MB that
 /// the in-flight calls send.
 const CAPPED_LIMIT: usize = 4 * MIB;
@@ -177,6 +185,7 @@ async fn in_flight<T>(
     client: &EchoClient<T>,
     layer: Option<&RetryLayer>,
     server: &TestServer,
+    payload: usize,
 ) -> InFlight
 where
     EchoClient<T>: Clone + 'static,
@@ -211,7 +220,7 @@ where
         let mut client = client.clone();
         let script = script.clone();
         tasks.spawn_local(async move {
-            let mut request = tonic::Request::new(echo(IN_FLIGHT_PAYLOAD));
+            let mut request = tonic::Request::new(echo(payload));
             request
                 .metadata_mut()
                 .insert(tonic_retry::testing::FAULT_HEADER, script);
@@ -367,16 +376,31 @@ fn main() {
         // ENHANCE_YOUR_CALM once a connection has sent too many.
         for _ in 0..in_flight_reps {
             let raw_client = EchoClient::new(common::channel_to(&server).await);
-            raw_runs.push(in_flight(&raw_client, None, &server).await);
+            raw_runs.push(in_flight(&raw_client, None, &server, IN_FLIGHT_PAYLOAD).await);
             for (layer, runs) in [
                 (&layer, &mut layer_runs),
                 (&capped_layer, &mut capped_runs),
                 (&unbuffered_layer, &mut unbuffered_runs),
             ] {
                 let client = EchoClient::new(layer.layer(common::channel_to(&server).await));
-                runs.push(in_flight(&client, Some(layer), &server).await);
+                runs.push(in_flight(&client, Some(layer), &server, IN_FLIGHT_PAYLOAD).await);
             }
         }
+        // (c) the same with small requests, through the default cap and
+        // through a layer that keeps nothing.
+        let mut small_runs = Vec::new();
+        let mut small_unbuffered_runs = Vec::new();
+        for _ in 0..in_flight_reps {
+            for (layer, runs) in [
+                (&layer, &mut small_runs),
+                (&unbuffered_layer, &mut small_unbuffered_runs),
+            ] {
+                let client = EchoClient::new(layer.layer(common::channel_to(&server).await));
+                runs.push(in_flight(&client, Some(layer), &server, SMALL_PAYLOAD).await);
+            }
+        }
+        let small_calls = median_of(&small_runs);
+        let small_unbuffered = median_of(&small_unbuffered_runs);
         let raw_median = median_of(&raw_runs);
         let unbuffered_median = median_of(&unbuffered_runs);
         let raw = raw_median.peak_live;
@@ -438,7 +462,30 @@ fn main() {
             );
         }
 
+        let small_accounted_per_call = small_calls.buffered_at_first_answer / IN_FLIGHT as f64;
+        let small_held = small_calls.live_at_first_answer - small_unbuffered.live_at_first_answer;
+        let small_calls_per_cap = layer.buffer_limit() as f64 / small_accounted_per_call.max(1.0);
+        println!(
+            "(c) {IN_FLIGHT} calls in flight with {SMALL_PAYLOAD}-byte payloads through the default cap: \
+             {small_accounted_per_call:.0} bytes accounted per call, so {:.0} MiB keep {small_calls_per_cap:.0} \
+             replayable calls; memory held {:.2} MiB for {:.2} MiB accounted, {:.3} x",
+            mib(layer.buffer_limit() as f64),
+            mib(small_held),
+            mib(small_calls.buffered_at_first_answer),
+            small_held / small_calls.buffered_at_first_answer.max(1.0),
+        );
+
         println!();
+        common::result("replay_small_accounted_bytes_per_call", small_accounted_per_call);
+        common::result("replay_small_calls_per_16mib", small_calls_per_cap);
+        common::result(
+            "replay_small_buffer_memory_vs_accounted",
+            small_held / small_calls.buffered_at_first_answer.max(1.0),
+        );
+        common::result(
+            "replay_calls_per_16mib",
+            layer.buffer_limit() as f64 / (full.buffered_at_first_answer / IN_FLIGHT as f64).max(1.0),
+        );
         common::result("replay_bytes_per_retried_call", big);
         common::result("replay_bytes_per_retried_call_ratio_to_request", big / encoded as f64);
         common::result("replay_bytes_per_retried_call_1b_payload", small);
