@@ -14,6 +14,14 @@
 //! lateness plus one loopback round trip (the failed attempt's response
 //! travelling back and the next attempt's request travelling out). Real
 //! time, a multi-threaded runtime, 8 calls in flight at a time.
+//!
+//! Backoffs wait on tokio's timer alone (so paused and simulated clocks
+//! drive them), which rounds every wait up to whole milliseconds. The goal
+//! is therefore relative to tokio's own timer, measured in the same run:
+//! the p99 gap error may exceed the p99 lateness of a bare
+//! `tokio::time::sleep` of the same durations by at most 0.5 ms (the
+//! round trip and scheduling). The bench reports whether the goal was met
+//! and never fails on it (a loaded machine moves both figures).
 
 mod common;
 
@@ -30,6 +38,8 @@ const INITIAL: Duration = Duration::from_millis(10);
 const MULTIPLIER: f64 = 2.0;
 const MAX: Duration = Duration::from_millis(50);
 const IN_FLIGHT: usize = 8;
+/// How much later than tokio's own sleep (p99 against p99) the gaps may be.
+const GOAL_MARGIN_MS: f64 = 0.5;
 
 /// The scheduled wait before retry `n` (1-based): min(initial × mult^(n−1), max).
 fn scheduled(n: usize) -> Duration {
@@ -203,5 +213,18 @@ fn main() {
         );
         common::result("backoff_rtt_ms_p50", common::percentile(&mut rtt_ms, 50.0));
         common::result("backoff_rtt_ms_p99", common::percentile(&mut rtt_ms, 99.0));
+
+        // The goal: gaps no later than tokio's own sleep, plus the margin.
+        let gap_p99 = common::percentile(&mut errors_ms, 99.0);
+        let goal = common::percentile(&mut lateness_ms, 99.0) + GOAL_MARGIN_MS;
+        let met = gap_p99 <= goal;
+        println!();
+        println!(
+            "goal: gap error p99 {gap_p99:.3} ms <= tokio sleep lateness p99 + {GOAL_MARGIN_MS} ms \
+             = {goal:.3} ms: {}",
+            if met { "MET" } else { "NOT MET" }
+        );
+        common::result("backoff_gap_error_goal_ms", goal);
+        common::result("backoff_gap_error_goal_met", if met { 1.0 } else { 0.0 });
     });
 }

@@ -172,23 +172,21 @@ impl Call {
             let code = failure.code();
             attempt_span.record("code", code_name(code));
 
-            let delay = match self.decide(&failure, attempt, replay) {
+            let (delay, wake) = match self.decide(&failure, attempt, replay) {
                 Verdict::Final(reason) => {
                     debug!(attempt, code = code_name(code), reason, "final status");
                     return failure.surface(self, attempt);
                 }
-                Verdict::RetryAfter(delay) => delay,
+                Verdict::PastDeadline(delay) => {
+                    let status = Status::deadline_exceeded(format!(
+                        "deadline would pass during the {delay:?} backoff after attempt {attempt}; last attempt: {}",
+                        failure.describe()
+                    ));
+                    return Err(self.surface_status(status, attempt));
+                }
+                Verdict::RetryAt { delay, wake } => (delay, wake),
             };
             attempt_span.record("backoff_ms", delay.as_secs_f64() * 1e3);
-            if let Some(deadline) = self.deadline
-                && Instant::now() + delay >= deadline
-            {
-                let status = Status::deadline_exceeded(format!(
-                    "deadline would pass during the {delay:?} backoff after attempt {attempt}; last attempt: {}",
-                    failure.describe()
-                ));
-                return Err(self.surface_status(status, attempt));
-            }
             debug!(
                 attempt,
                 code = code_name(code),
@@ -203,7 +201,9 @@ impl Call {
                 () = cancelled(self.cancel.as_ref()) => {
                     return Err(self.surface_status(cancelled_status(), attempt));
                 }
-                () = crate::timer::sleep_until(Instant::now() + delay) => {}
+                // `None` (a wait too long to time, with no deadline to
+                // end it) waits until the call is cancelled or dropped.
+                () = sleep_until(wake) => {}
             }
         }
     }
@@ -218,7 +218,10 @@ impl Call {
             return None;
         }
         let now = Instant::now();
-        let at = earliest(self.deadline, per_attempt.and_then(|t| now.checked_add(t)))?;
+        let at = earliest(
+            self.deadline,
+            per_attempt.and_then(|t| instant_after(now, t)),
+        )?;
         deadline::set_request_timeout(headers, at.saturating_duration_since(now));
         Some(at)
     }
@@ -227,7 +230,9 @@ impl Call {
     ///
     /// The order matters: A6 charges a throttling token for every retryable
     /// failure (and every "stop" pushback) whether or not a retry follows,
-    /// and the budget is only drawn on when everything else allows a retry.
+    /// and the budget is drawn on last, only for a retry that will be sent:
+    /// after the deadline and the server-delay ceiling have been checked
+    /// (a withdrawal is never given back).
     fn decide<ResBody, B>(
         &mut self,
         failure: &Failure<ResBody>,
@@ -262,6 +267,40 @@ impl Call {
             debug!(attempt, "retry throttled: token bucket at or below half");
             return Verdict::Final("retry throttled");
         }
+        let server_delay = match pushback {
+            Pushback::RetryAfter(delay) => Some(delay),
+            _ if self.policy().retry.use_retry_info => pushback::retry_info_delay(headers),
+            _ => None,
+        };
+        let delay = match server_delay {
+            Some(delay) => delay,
+            None => {
+                let policy = self.state.policy(self.policy_ref).retry;
+                self.backoff.next_delay(policy)
+            }
+        };
+        // The deadline comes first: a wait that would outlast it ends the
+        // call now, with DEADLINE_EXCEEDED, whoever chose the wait.
+        let wake = instant_after(Instant::now(), delay);
+        if let Some(deadline) = self.deadline
+            && wake.is_none_or(|wake| wake >= deadline)
+        {
+            return Verdict::PastDeadline(delay);
+        }
+        if let Some(delay) = server_delay {
+            let ceiling = self.policy().retry.max_server_delay;
+            if delay > ceiling {
+                debug!(
+                    attempt,
+                    ?delay,
+                    ?ceiling,
+                    "server-chosen delay above max_server_delay"
+                );
+                return Verdict::Final("server-chosen delay above max_server_delay");
+            }
+            // A6: after a server-chosen delay the backoff starts again.
+            self.backoff.reset();
+        }
         if let Some(budget) = &self.state.budget
             && !budget.try_withdraw()
         {
@@ -269,22 +308,7 @@ impl Call {
             debug!(attempt, "retry budget exhausted");
             return Verdict::Final("retry budget exhausted");
         }
-        let server_delay = match pushback {
-            Pushback::RetryAfter(delay) => Some(delay),
-            _ if self.policy().retry.use_retry_info => pushback::retry_info_delay(headers),
-            _ => None,
-        };
-        match server_delay {
-            Some(delay) => {
-                // A6: after a server-chosen delay the backoff starts again.
-                self.backoff.reset();
-                Verdict::RetryAfter(delay)
-            }
-            None => {
-                let policy = self.state.policy(self.policy_ref).retry;
-                Verdict::RetryAfter(self.backoff.next_delay(policy))
-            }
-        }
+        Verdict::RetryAt { delay, wake }
     }
 
     /// Ends the call with a committed response from `attempt`, whose body
@@ -353,8 +377,17 @@ impl Call {
     }
 }
 
+/// What [`Call::decide`] says about a failed attempt.
 pub(crate) enum Verdict {
-    RetryAfter(Duration),
+    /// Retry after `delay`, at `wake` (`None`: a wait too long to be timed,
+    /// only possible without a deadline).
+    RetryAt {
+        delay: Duration,
+        wake: Option<Instant>,
+    },
+    /// The `delay` before the retry would pass the call's deadline.
+    PastDeadline(Duration),
+    /// Surface the failure, for this reason.
     Final(&'static str),
 }
 
@@ -497,12 +530,19 @@ pub(crate) enum Failure<ResBody> {
 }
 
 impl<ResBody> Failure<ResBody> {
-    /// A transport error, as the Status tonic would surface.
+    /// A transport error, as the Status tonic would surface; except that a
+    /// stream refused before the server's application saw it (which ends
+    /// up here once its one transparent retry is used) is UNAVAILABLE, as
+    /// grpc core reports it: tonic calls a `GOAWAY` with `NO_ERROR` INTERNAL,
+    /// which is neither retryable nor true.
     pub(crate) fn from_error(error: BoxError) -> Self {
-        Failure::Status {
-            never_sent: classify::never_sent(&*error),
-            status: classify::status_from_error(error),
+        let refused = classify::refused_before_processing(&*error);
+        let never_sent = classify::never_sent(&*error);
+        let mut status = classify::status_from_error(error);
+        if refused && status.code() != Code::Unavailable {
+            status = Status::unavailable(status.message().to_owned());
         }
+        Failure::Status { status, never_sent }
     }
 
     pub(crate) fn code(&self) -> Code {
@@ -571,11 +611,33 @@ pub(crate) fn cancelled_status() -> Status {
     Status::cancelled("call cancelled through its CancellationToken")
 }
 
+/// The shorter of two time limits. A limit beyond [`HORIZON`] is no limit:
+/// its instant could not be timed (see [`instant_after`]).
 #[inline]
 pub(crate) fn earliest_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
+    let timed = |d: Option<Duration>| d.filter(|d| *d <= HORIZON);
+    match (timed(a), timed(b)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// The longest wait that is timed: about a century. tokio rounds a timer's
+/// instant up by adding just under a millisecond to it, which panics for an
+/// instant at the very end of the clock's range, and no call has any use
+/// for a wait this long; so anything longer means "never".
+pub(crate) const HORIZON: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// When a wait of `delay` from `now` ends: `None` (never) if the wait is
+/// longer than [`HORIZON`]. Every wait the layer times (backoffs,
+/// server-chosen delays, hedges, per-attempt timeouts) goes through here,
+/// so no value a setting or a server supplies can overflow `Instant`.
+#[inline]
+pub(crate) fn instant_after(now: Instant, delay: Duration) -> Option<Instant> {
+    if delay > HORIZON {
+        None
+    } else {
+        now.checked_add(delay)
     }
 }
 
@@ -586,18 +648,11 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// Sleeps until `deadline` on tokio's timer, so a paused or simulated
+/// clock drives every wait; `None` never ends.
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Like [`sleep_until`], on the precise timer ([`crate::timer`]): for the
-/// waits the schedule sets (the next hedge), not for deadlines.
-pub(crate) async fn wait_until(at: Option<Instant>) {
-    match at {
-        Some(at) => crate::timer::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -54,16 +54,30 @@ pub(crate) fn computed_backoff(policy: &RetryPolicy, n: u32) -> Duration {
 }
 
 fn apply_jitter(base: Duration, jitter: Jitter, random: f64) -> Duration {
-    let random = random.clamp(0.0, 1.0);
+    // `clamp` passes NaN through; a NaN random counts as 0.
+    let random = if random.is_nan() {
+        0.0
+    } else {
+        random.clamp(0.0, 1.0)
+    };
     match jitter {
-        Jitter::Proportional => base.mul_f64(0.8 + 0.4 * random),
-        Jitter::Full => base.mul_f64(random),
+        Jitter::Proportional => scale(base, 0.8 + 0.4 * random),
+        Jitter::Full => scale(base, random),
         Jitter::None => base,
     }
 }
 
+/// `base × factor` for a factor in `[0, 1.2]`, saturating at
+/// [`Duration::MAX`]: `Duration::mul_f64` (the same arithmetic) panics when
+/// a `max_backoff` near `Duration::MAX` is scaled up by the jitter.
+fn scale(base: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn policy(initial_ms: u64, max_ms: u64, mult: f64, jitter: Jitter) -> RetryPolicy {
@@ -131,5 +145,84 @@ mod tests {
         let p = policy(100, 1000, 2.0, Jitter::Proportional);
         let mut b = Backoff::default();
         assert_eq!(b.next_delay_with(&p, -5.0), Duration::from_millis(80));
+        assert_eq!(b.next_delay_with(&p, f64::NAN), Duration::from_millis(160));
+    }
+
+    #[test]
+    fn jitter_on_a_backoff_near_duration_max_saturates_instead_of_panicking() {
+        let p = RetryPolicy::builder()
+            .initial_backoff(Duration::MAX)
+            .max_backoff(Duration::MAX)
+            .build()
+            .unwrap();
+        let mut b = Backoff::default();
+        // 1.2 × Duration::MAX does not fit: `mul_f64` would panic here.
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::MAX);
+        assert!(b.next_delay_with(&p, 0.0) >= Duration::MAX.mul_f64(0.79));
+    }
+
+    /// Durations from zero to `Duration::MAX`, weighted towards the edges.
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::from_nanos(1)),
+            Just(Duration::MAX),
+            Just(Duration::from_secs(i64::MAX as u64)),
+            any::<u64>().prop_map(Duration::from_nanos),
+            (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    /// Any `f64`, with the awkward ones (NaN, infinities, extremes) made
+    /// likely.
+    fn any_f64() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+            Just(-1.0),
+            Just(f64::MIN_POSITIVE),
+            Just(f64::MAX),
+            Just(1e-300),
+            any::<f64>(),
+            0.0..10.0f64,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_policy_that_builds_computes_a_thousand_backoffs_without_panic(
+            initial in any_duration(),
+            max in any_duration(),
+            multiplier in any_f64(),
+            jitter in prop_oneof![Just(Jitter::Proportional), Just(Jitter::Full), Just(Jitter::None)],
+            random in any_f64(),
+        ) {
+            let Ok(p) = RetryPolicy::builder()
+                .initial_backoff(initial)
+                .max_backoff(max)
+                .backoff_multiplier(multiplier)
+                .jitter(jitter)
+                .build()
+            else {
+                return Ok(());
+            };
+            let mut b = Backoff::default();
+            for n in 1..=1000u32 {
+                let base = computed_backoff(&p, n);
+                prop_assert!(base <= p.max_backoff());
+                let delay = b.next_delay_with(&p, random);
+                if jitter == Jitter::None {
+                    prop_assert_eq!(delay, computed_backoff(&p, b.retries));
+                }
+                if n % 100 == 0 {
+                    b.reset();
+                }
+            }
+            let _ = computed_backoff(&p, u32::MAX);
+        }
     }
 }

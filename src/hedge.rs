@@ -11,7 +11,8 @@
 //! deadline, one cancellation token, one replay buffer (every attempt replays
 //! the same recorded chunks; the request is never copied per hedge), and
 //! the layer's throttling, budget and buffer cap. Server pushback steers the
-//! schedule: "stop" sends no more hedges, N ms moves the next one N ms out.
+//! schedule: "stop" sends no more hedges, N ms moves the next one N ms out,
+//! and N ms above the default `max_server_delay` (30 s) sends no more.
 //!
 //! The attempts run inside the call's own future (no task is spawned), so
 //! dropping the call cancels every hedge.
@@ -26,8 +27,8 @@ use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{
-    AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, outcome, send,
-    sleep_until, wait_until,
+    AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, instant_after,
+    outcome, send, sleep_until,
 };
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
@@ -99,7 +100,13 @@ impl Call {
         in_flight.push(launch(1, self));
         let mut sent: u32 = 1;
         let delay = hedging.hedging_delay;
-        let mut next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
+        // `None` is "no timed hedge": none left, or a delay too long to time
+        // (a non-fatal failure still sends the next one at once).
+        let mut next_hedge = if sent < self.max_attempts {
+            instant_after(Instant::now(), delay)
+        } else {
+            None
+        };
         let mut stopped = false;
         let mut transparent_retry_used = false;
         let mut last_failure: Option<(u32, Failure<ResBody>)> = None;
@@ -213,17 +220,25 @@ impl Call {
                             debug!(attempt = n, "server pushback stops further hedges");
                             stopped = true;
                         }
-                        Pushback::RetryAfter(after) => next_hedge = Some(Instant::now() + after),
+                        Pushback::RetryAfter(after) if after > self.policy().retry.max_server_delay => {
+                            debug!(attempt = n, ?after, "server pushback above max_server_delay stops further hedges");
+                            stopped = true;
+                        }
+                        Pushback::RetryAfter(after) => next_hedge = instant_after(Instant::now(), after),
                         Pushback::Absent => next_hedge = Some(Instant::now()),
                     }
                     last_failure = Some((n, failure));
                 }
-                () = wait_until(next_hedge), if can_hedge => {
+                () = sleep_until(next_hedge), if can_hedge => {
                     if self.may_hedge(replay) {
                         sent += 1;
                         debug!(attempt = sent, "sending a hedge");
                         in_flight.push(launch(sent, self));
-                        next_hedge = (sent < self.max_attempts).then(|| Instant::now() + delay);
+                        next_hedge = if sent < self.max_attempts {
+                            instant_after(Instant::now(), delay)
+                        } else {
+                            None
+                        };
                     } else {
                         stopped = true;
                     }

@@ -32,8 +32,13 @@
 //!   calls retryable are retried (default: UNAVAILABLE, DEADLINE_EXCEEDED,
 //!   ABORTED). Response headers commit the call.
 //! * **Backoff.** gRPC's own schedule: `min(initial × multiplier^(n-1), max)`
-//!   with ±20 % jitter, timed to a fraction of a millisecond (tokio's timer
-//!   alone rounds up to whole milliseconds).
+//!   with ±20 % jitter. Waits run on tokio's timer (millisecond granularity),
+//!   so `tokio::time::pause()` and simulated clocks drive them; the layer
+//!   starts no thread.
+//! * **Bounded server delays.** A server's pushback or `RetryInfo` delay
+//!   above [`RetryPolicyBuilder::max_server_delay`] (default 30 s) surfaces
+//!   the status at once; nothing a server or a setting supplies can
+//!   overflow the clock or panic.
 //! * **One deadline** across all attempts, propagated to the server through
 //!   `grpc-timeout`, surfaced as DEADLINE_EXCEEDED.
 //! * **Cancellation.** Dropping the call stops it; a
@@ -62,7 +67,6 @@ pub mod pushback;
 pub mod replay;
 pub mod service;
 mod throttle;
-mod timer;
 
 pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
 pub use breaker::{
@@ -77,8 +81,8 @@ pub use future::ResponseFuture;
 pub use layer::{RetryLayer, RetryLayerBuilder};
 pub use options::CallOptions;
 pub use policy::{
-    Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_REPLAY_LIMIT, DEFAULT_RETRYABLE_CODES,
-    Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
+    Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_MAX_SERVER_DELAY, DEFAULT_REPLAY_LIMIT,
+    DEFAULT_RETRYABLE_CODES, Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
 };
 pub use service::Retry;
 pub use throttle::{RetryThrottle, ThrottleError};

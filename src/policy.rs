@@ -18,6 +18,11 @@ pub const DEFAULT_MAX_ATTEMPTS_CAP: u32 = 5;
 /// Per-call replay buffer limit; grpc-go and grpc core use 256 KiB.
 pub const DEFAULT_REPLAY_LIMIT: usize = 256 * 1024;
 
+/// The longest server-chosen delay (`grpc-retry-pushback-ms` or
+/// `google.rpc.RetryInfo`) a call waits for by default; see
+/// [`RetryPolicyBuilder::max_server_delay`].
+pub const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(30);
+
 /// The codes retried when none are configured: the transient system errors.
 pub const DEFAULT_RETRYABLE_CODES: CodeSet = CodeSet::EMPTY
     .with(Code::Unavailable)
@@ -138,6 +143,9 @@ pub enum PolicyError {
     PerAttemptTimeoutZero,
     /// `timeout` must be greater than zero.
     TimeoutZero,
+    /// `max_server_delay` must be greater than zero (use
+    /// `use_retry_info(false)` to ignore `RetryInfo`).
+    MaxServerDelayZero,
 }
 
 impl PolicyError {
@@ -154,6 +162,7 @@ impl PolicyError {
             }
             PolicyError::PerAttemptTimeoutZero => "per_attempt_timeout",
             PolicyError::TimeoutZero => "timeout",
+            PolicyError::MaxServerDelayZero => "max_server_delay",
         }
     }
 }
@@ -167,7 +176,8 @@ impl fmt::Display for PolicyError {
             PolicyError::InitialBackoffZero
             | PolicyError::MaxBackoffZero
             | PolicyError::PerAttemptTimeoutZero
-            | PolicyError::TimeoutZero => "must be greater than zero".to_string(),
+            | PolicyError::TimeoutZero
+            | PolicyError::MaxServerDelayZero => "must be greater than zero".to_string(),
             PolicyError::BackoffMultiplierInvalid(m) => {
                 format!("must be a finite number greater than zero (got {m})")
             }
@@ -213,6 +223,7 @@ pub struct RetryPolicy {
     pub(crate) timeout: Option<Duration>,
     pub(crate) replay_limit: usize,
     pub(crate) use_retry_info: bool,
+    pub(crate) max_server_delay: Duration,
 }
 
 impl RetryPolicy {
@@ -278,6 +289,12 @@ impl RetryPolicy {
         self.use_retry_info
     }
 
+    /// The longest server-chosen delay a retry waits for; a longer one
+    /// surfaces the failure at once.
+    pub fn max_server_delay(&self) -> Duration {
+        self.max_server_delay
+    }
+
     /// Whether a failed attempt with `code` (and, for trailers-only
     /// responses, these `headers`) may be retried.
     pub(crate) fn is_retryable(&self, code: Code, headers: &HeaderMap) -> bool {
@@ -310,6 +327,7 @@ impl fmt::Debug for RetryPolicy {
             .field("timeout", &self.timeout)
             .field("replay_limit", &self.replay_limit)
             .field("use_retry_info", &self.use_retry_info)
+            .field("max_server_delay", &self.max_server_delay)
             .finish()
     }
 }
@@ -331,6 +349,12 @@ impl fmt::Debug for RetryPolicy {
 /// | `timeout` | none (the request's `grpc-timeout`, if any, still applies) |
 /// | `replay_limit` | 256 KiB |
 /// | `use_retry_info` | true |
+/// | `max_server_delay` | 30 s ([`DEFAULT_MAX_SERVER_DELAY`]) |
+///
+/// Every duration is accepted up to [`Duration::MAX`] (zero is rejected
+/// where noted): a wait too long to be timed (beyond a century, or past
+/// what the clock can represent) means "never", so no setting can make a
+/// call panic.
 #[derive(Clone)]
 pub struct RetryPolicyBuilder {
     max_attempts: u32,
@@ -345,6 +369,7 @@ pub struct RetryPolicyBuilder {
     timeout: Option<Duration>,
     replay_limit: usize,
     use_retry_info: bool,
+    max_server_delay: Duration,
 }
 
 impl Default for RetryPolicyBuilder {
@@ -362,6 +387,7 @@ impl Default for RetryPolicyBuilder {
             timeout: None,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             use_retry_info: true,
+            max_server_delay: DEFAULT_MAX_SERVER_DELAY,
         }
     }
 }
@@ -469,6 +495,19 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// The longest server-chosen delay (a `grpc-retry-pushback-ms` or
+    /// `google.rpc.RetryInfo` delay) that a retry waits for. A server may
+    /// send any delay up to about 24.8 days (pushback) or 292 billion years
+    /// (RetryInfo); above this ceiling the failed attempt's status is
+    /// surfaced at once instead, so no server can stall a call. A call's
+    /// deadline still comes first: a delay that would pass it ends the call
+    /// with DEADLINE_EXCEEDED, as any backoff does. Hedged calls use the
+    /// default (30 s): a pushback above it stops further hedges.
+    pub fn max_server_delay(mut self, ceiling: Duration) -> Self {
+        self.max_server_delay = ceiling;
+        self
+    }
+
     /// Validates the settings and builds the policy.
     pub fn build(self) -> Result<RetryPolicy, PolicyError> {
         if self.max_attempts == 0 {
@@ -501,6 +540,9 @@ impl RetryPolicyBuilder {
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(PolicyError::TimeoutZero);
         }
+        if self.max_server_delay.is_zero() {
+            return Err(PolicyError::MaxServerDelayZero);
+        }
         Ok(RetryPolicy {
             max_attempts: self.max_attempts.min(self.max_attempts_cap),
             max_attempts_cap: self.max_attempts_cap,
@@ -514,6 +556,7 @@ impl RetryPolicyBuilder {
             timeout: self.timeout,
             replay_limit: self.replay_limit,
             use_retry_info: self.use_retry_info,
+            max_server_delay: self.max_server_delay,
         })
     }
 }
@@ -538,6 +581,8 @@ mod tests {
         assert_eq!(p.replay_limit(), 256 * 1024);
         assert_eq!(p.timeout(), None);
         assert_eq!(p.per_attempt_timeout(), None);
+        assert!(p.use_retry_info());
+        assert_eq!(p.max_server_delay(), Duration::from_secs(30));
     }
 
     #[test]
@@ -598,6 +643,10 @@ mod tests {
             (
                 RetryPolicy::builder().timeout(Duration::ZERO),
                 PolicyError::TimeoutZero,
+            ),
+            (
+                RetryPolicy::builder().max_server_delay(Duration::ZERO),
+                PolicyError::MaxServerDelayZero,
             ),
         ];
         for (builder, expected) in cases {

@@ -20,6 +20,19 @@ use crate::layer::LayerState;
 /// generated client accepts it. Its error type is [`BoxError`]: errors that
 /// the layer produces itself (DEADLINE_EXCEEDED, CANCELLED) are boxed
 /// [`tonic::Status`] values, which the generated client surfaces unchanged.
+///
+/// # Readiness errors
+///
+/// When the inner service's `poll_ready` fails, `poll_ready` still returns
+/// `Ok`, and the next call's first attempt fails with that error, so the
+/// policy decides on it (the stub would otherwise report UNKNOWN "Service
+/// was not ready"). Tower's contract says a service whose `poll_ready`
+/// failed must not be used again, and it is not: the failed instance is
+/// dropped at once and replaced by a fresh clone of the spare, so it is
+/// never polled or called again. Retries go out on fresh clones too. The
+/// error is classified like any transport error (a connect failure is
+/// UNAVAILABLE; a [`tonic::Status`] keeps its code), so only a retryable
+/// code (e.g. UNAVAILABLE) is retried; anything else surfaces as it is.
 pub struct Retry<S> {
     inner: S,
     /// A clone of the inner service that retries (and hedges) are sent on.
@@ -91,6 +104,9 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(error)) => {
+                // Tower: a service whose readiness failed must not be used
+                // again. Drop it now; the next readiness check polls a clone.
+                self.inner = clone_shared(&self.spare);
                 self.ready_error = Some(error.into());
                 Poll::Ready(Ok(()))
             }

@@ -204,3 +204,49 @@ async fn the_deadline_interrupts_a_slow_attempt_exactly_on_time() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn backoff_gaps_are_the_scheduled_backoffs_in_virtual_time_even_when_attempts_take_real_time()
+{
+    // Each attempt does real work between polls (it yields until 3 ms of
+    // real time have passed) while the paused clock stands still. A wait
+    // timed against the real clock would end at once, at zero virtual
+    // time; on tokio's timer it ends exactly on the virtual schedule.
+    let policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(100))
+        .backoff_multiplier(2.0)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let arrivals = Arrivals::default();
+    let log = arrivals.clone();
+    let inner = tower::service_fn(move |_req: http::Request<Body>| {
+        log.lock().unwrap().push(Instant::now());
+        async move {
+            let busy_until = std::time::Instant::now() + Duration::from_millis(3);
+            while std::time::Instant::now() < busy_until {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, Infallible>(
+                http::Response::builder()
+                    .header("grpc-status", (Code::Unavailable as i32).to_string())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+        }
+    });
+    let mut svc = RetryLayer::new(policy).layer(inner);
+    let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    let got = gaps(&arrivals.lock().unwrap());
+    let want = [1u64, 2, 4].map(Duration::from_millis);
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (gap, want) in got.iter().zip(want) {
+        assert!(
+            *gap >= want && *gap <= want + TIMER_SLACK,
+            "gap {gap:?} should be the scheduled {want:?} (all: {got:?})"
+        );
+    }
+}

@@ -52,6 +52,13 @@ pub struct FaultAction {
     /// tonic emits it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_info_ms: Option<u64>,
+    /// Attach a `google.rpc.RetryInfo` whose `retry_delay` is exactly these
+    /// raw `(seconds, nanos)`, unchecked, so tests can send what no
+    /// well-behaved server would: `i64::MAX` seconds, negative values, nanos
+    /// out of range. Replaces `retry_info_ms` when both are set. JSON: a
+    /// two-element array, e.g. `[9223372036854775807, 0]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_info_raw: Option<(i64, i32)>,
     /// Extra `(name, value)` headers appended verbatim to the status block
     /// (the Trailers-Only headers, or the trailers). Appended, so duplicates
     /// of headers the server already sent are possible. Invalid names or
@@ -110,6 +117,7 @@ impl Default for FaultAction {
             delay_ms: 0,
             body_delay_ms: 0,
             retry_info_ms: None,
+            retry_info_raw: None,
             raw_headers: Vec::new(),
             grpc_status_raw: None,
             http_status: None,
@@ -202,6 +210,14 @@ impl FaultAction {
     /// Attaches a `google.rpc.RetryInfo` detail with a delay of `ms`.
     pub fn retry_info_ms(mut self, ms: u64) -> Self {
         self.retry_info_ms = Some(ms);
+        self
+    }
+
+    /// Attaches a `google.rpc.RetryInfo` detail whose delay is the raw,
+    /// unchecked `seconds` and `nanos` (see
+    /// [`FaultAction::retry_info_raw`](struct@FaultAction#structfield.retry_info_raw)).
+    pub fn retry_info_raw(mut self, seconds: i64, nanos: i32) -> Self {
+        self.retry_info_raw = Some((seconds, nanos));
         self
     }
 
@@ -333,6 +349,7 @@ mod tests {
                 .retry_info_ms(5),
             FaultAction::reset().headers_first().early().delay_ms(3),
             FaultAction::reset_with(7),
+            FaultAction::code(Code::Unavailable).retry_info_raw(i64::MAX, -1),
             FaultAction::http_status(503)
                 .grpc_status_raw("abc")
                 .message("é"),

@@ -41,6 +41,7 @@
 //! | `delay_ms` | integer | sleep before responding |
 //! | `body_delay_ms` | integer | sleep after the response headers |
 //! | `retry_info_ms` | integer | `google.rpc.RetryInfo` in `grpc-status-details-bin` |
+//! | `retry_info_raw` | `[seconds, nanos]` | a `RetryInfo` with exactly this raw delay (any `i64`, `i32`); replaces `retry_info_ms` |
 //! | `raw_headers` | `[[name, value], …]` | appended to the status headers |
 //! | `grpc_status_raw` | string | replaces the `grpc-status` value verbatim |
 //! | `http_status` | integer | this HTTP status, no `grpc-status` |

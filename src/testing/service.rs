@@ -573,13 +573,18 @@ fn with_headers(body: Body) -> Response<Body> {
 /// `grpc-status-details-bin`, then `grpc_status_raw`, `pushback` and
 /// `raw_headers` applied in that order.
 fn status_block(action: &FaultAction) -> HeaderMap {
-    let status = match action.retry_info_ms {
-        Some(ms) => Status::with_error_details(
+    let status = match (action.retry_info_raw, action.retry_info_ms) {
+        (Some((seconds, nanos)), _) => Status::with_details(
+            action.code,
+            action.message.clone(),
+            raw_retry_info_details(action, seconds, nanos),
+        ),
+        (None, Some(ms)) => Status::with_error_details(
             action.code,
             action.message.clone(),
             ErrorDetails::with_retry_info(Some(Duration::from_millis(ms))),
         ),
-        None => Status::new(action.code, action.message.clone()),
+        (None, None) => Status::new(action.code, action.message.clone()),
     };
     let mut headers = HeaderMap::new();
     if status.add_header(&mut headers).is_err() {
@@ -592,6 +597,27 @@ fn status_block(action: &FaultAction) -> HeaderMap {
     }
     append_extra(&mut headers, action);
     headers
+}
+
+/// An encoded `google.rpc.Status` whose one detail is a `RetryInfo` of
+/// exactly `seconds` and `nanos`. Built field by field: `ErrorDetails` takes
+/// a `std::time::Duration`, which cannot hold a negative or over-long delay.
+fn raw_retry_info_details(action: &FaultAction, seconds: i64, nanos: i32) -> Bytes {
+    let mut info = tonic_types::pb::RetryInfo {
+        retry_delay: Some(Default::default()),
+    };
+    if let Some(delay) = info.retry_delay.as_mut() {
+        delay.seconds = seconds;
+        delay.nanos = nanos;
+    }
+    let mut status = tonic_types::pb::Status {
+        code: action.code as i32,
+        message: action.message.clone(),
+        details: vec![Default::default()],
+    };
+    status.details[0].type_url = "type.googleapis.com/google.rpc.RetryInfo".into();
+    status.details[0].value = info.encode_to_vec();
+    Bytes::from(status.encode_to_vec())
 }
 
 /// Appends `pushback` and `raw_headers`, skipping invalid ones.
