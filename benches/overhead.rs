@@ -232,9 +232,9 @@ struct Bench<S> {
     service: S,
 }
 
-impl<S> Variant for Bench<S>
+impl<S, R> Variant for Bench<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<R>>,
     S::Error: std::fmt::Debug,
 {
     fn name(&self) -> &'static str {

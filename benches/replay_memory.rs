@@ -41,10 +41,11 @@
 //!     answer buffered yet): a high-water mark can fall in the flood of
 //!     10,000 answers instead, whose size depends on timing.
 //!
-//! (c) The same 10,000 calls with 100-byte payloads, through the default
-//!     cap and through `replay_limit(0)`: the bytes the cap is charged per
-//!     small call (so how many replayable calls 16 MiB hold) and the memory
-//!     the buffers really hold against that count.
+//! (c) The same 10,000 calls with 100-byte payloads, through a cap too
+//!     large to fill and through `replay_limit(0)`: the bytes the cap is
+//!     charged per small call (so how many replayable calls the default
+//!     16 MiB hold) and the memory the buffers really hold against that
+//!     count.
 //!
 //!     Live bytes above the `replay_limit(0)` layer are what the replay
 //!     buffers really hold. They are compared with the accounted bytes
@@ -386,13 +387,17 @@ fn main() {
                 runs.push(in_flight(&client, Some(layer), &server, IN_FLIGHT_PAYLOAD).await);
             }
         }
-        // (c) the same with small requests, through the default cap and
-        // through a layer that keeps nothing.
+        // (c) the same with small requests, through a cap too large to
+        // fill (so every call is kept and charged) and through a layer that
+        // keeps nothing.
+        let uncapped_layer = RetryLayer::builder(policy.clone())
+            .buffer_limit(1 << 40)
+            .build();
         let mut small_runs = Vec::new();
         let mut small_unbuffered_runs = Vec::new();
         for _ in 0..in_flight_reps {
             for (layer, runs) in [
-                (&layer, &mut small_runs),
+                (&uncapped_layer, &mut small_runs),
                 (&unbuffered_layer, &mut small_unbuffered_runs),
             ] {
                 let client = EchoClient::new(layer.layer(common::channel_to(&server).await));
@@ -466,7 +471,7 @@ fn main() {
         let small_held = small_calls.live_at_first_answer - small_unbuffered.live_at_first_answer;
         let small_calls_per_cap = layer.buffer_limit() as f64 / small_accounted_per_call.max(1.0);
         println!(
-            "(c) {IN_FLIGHT} calls in flight with {SMALL_PAYLOAD}-byte payloads through the default cap: \
+            "(c) {IN_FLIGHT} calls in flight with {SMALL_PAYLOAD}-byte payloads, every one kept: \
              {small_accounted_per_call:.0} bytes accounted per call, so {:.0} MiB keep {small_calls_per_cap:.0} \
              replayable calls; memory held {:.2} MiB for {:.2} MiB accounted, {:.3} x",
             mib(layer.buffer_limit() as f64),

@@ -33,12 +33,14 @@ use tracing::{Instrument, Span, debug, debug_span, field};
 
 use crate::BoxError;
 use crate::backoff::Backoff;
+use crate::call_end::CallEnd;
 use crate::classify::{self, ResponseKind, code_name};
 use crate::deadline;
 use crate::layer::{CallPolicy, LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
 use crate::pushback::{self, Pushback};
 use crate::replay::{BodyId, Replay};
+use crate::response_body::{OnEnd, ResponseBody};
 
 /// `grpc-previous-rpc-attempts`: sent on attempt 2 and later, and added to
 /// the metadata of the result the caller sees.
@@ -78,7 +80,7 @@ impl Call {
         service: SharedService<S>,
         replay: &Replay<Body>,
         heads: &mut RequestHeads,
-    ) -> Result<http::Response<ResBody>, BoxError>
+    ) -> Result<http::Response<ResponseBody<ResBody, CallEnd>>, BoxError>
     where
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
@@ -159,9 +161,9 @@ impl Call {
                 }
                 Err(AttemptError::Failed(error)) => Failure::from_error(error),
                 Ok(response) => match response_outcome(response) {
-                    Ok(response) => {
+                    Ok((response, ended)) => {
                         attempt_span.record("code", "committed");
-                        return Ok(self.commit(replay, body_id, response, attempt));
+                        return Ok(self.commit(replay, body_id, response, attempt, ended));
                     }
                     Err((code, response)) => {
                         replay.abandon(body_id);
@@ -311,53 +313,74 @@ impl Call {
         Verdict::RetryAt { delay, wake }
     }
 
-    /// Ends the call with a committed response from `attempt`, whose body
-    /// is `body`: the replay stops recording (the body goes on sending what
-    /// it has not sent yet) and the throttling bucket is credited.
+    /// Ends the call with a committed response from `attempt`, whose
+    /// request body is `body`: the replay stops recording (the body goes on
+    /// sending what it has not sent yet), and the response is returned.
     #[inline]
     pub(crate) fn commit<B, R>(
-        &self,
+        &mut self,
         replay: &Replay<B>,
         body: BodyId,
         response: http::Response<R>,
         attempt: u32,
-    ) -> http::Response<R> {
+        ended: bool,
+    ) -> http::Response<ResponseBody<R, CallEnd>> {
         replay.commit(body);
-        self.record_success();
-        self.surface_response(response, attempt, Code::Ok)
+        self.committed(response, attempt, ended)
     }
 
-    /// The first attempt committed, on the response future's fast path:
-    /// [`commit`](Self::commit) without moving the response (attempt 1
-    /// adds nothing to it). The kit is emptied right after, which releases
-    /// the replay buffer.
-    pub(crate) fn commit_first(&self) {
-        self.record_success();
-        self.finish(1, code_name(Code::Ok));
-    }
-
-    /// A committed call refills the throttling bucket.
-    fn record_success(&self) {
-        if let Some(throttle) = &self.state.throttle {
-            throttle.record_success();
-        }
-    }
-
-    /// The response `attempt` produced, which ends the call with `code`
-    /// (OK for a committed response, whatever its trailers say later).
-    pub(crate) fn surface_response<B>(
-        &self,
-        mut response: http::Response<B>,
+    /// The committed response of `attempt`, returned to the caller. Its
+    /// outcome is recorded (throttling, span, metrics) when it ends: now,
+    /// if it `ended` already (a Trailers-Only OK), else when its body ends.
+    #[inline]
+    pub(crate) fn committed<R>(
+        &mut self,
+        mut response: http::Response<R>,
         attempt: u32,
-        code: Code,
-    ) -> http::Response<B> {
-        self.finish(attempt, code_name(code));
+        ended: bool,
+    ) -> http::Response<ResponseBody<R, CallEnd>> {
+        self.span.record("attempts", attempt);
         if attempt > 1 {
             response
                 .headers_mut()
                 .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
         }
-        response
+        let end = CallEnd::new(
+            &self.state,
+            self.policy_ref,
+            std::mem::replace(&mut self.metrics, CallMetrics::new("")),
+            std::mem::replace(&mut self.span, Span::none()),
+        )
+        .if_needed();
+        let end = match end {
+            Some(end) if ended => {
+                end.ended(Code::Ok, response.headers());
+                None
+            }
+            end => end,
+        };
+        response.map(|body| ResponseBody::new(body, end))
+    }
+
+    /// A failed attempt's Trailers-Only response, which ends the call with
+    /// `code`. Its body is dropped: a Trailers-Only response has none, and
+    /// what a response that is not gRPC carries (a proxy's error page) is
+    /// not a message; `grpc-status` is added if it had none.
+    pub(crate) fn surface_response<B>(
+        &self,
+        response: http::Response<B>,
+        attempt: u32,
+        code: Code,
+    ) -> http::Response<ResponseBody<B, CallEnd>> {
+        self.finish(attempt, code_name(code));
+        let (mut parts, _body) = response.into_parts();
+        classify::make_trailers_only(&mut parts.headers, parts.status, code);
+        if attempt > 1 {
+            parts
+                .headers
+                .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(attempt - 1));
+        }
+        http::Response::from_parts(parts, ResponseBody::empty())
     }
 
     pub(crate) fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
@@ -468,8 +491,9 @@ pub(crate) enum AttemptError {
 
 /// What one attempt's result means for the call.
 pub(crate) enum Outcome<ResBody> {
-    /// OK or normal headers: this response is the call's result.
-    Commit(http::Response<ResBody>),
+    /// OK or normal headers: this response is the call's result. `true`
+    /// for a Trailers-Only OK, which has already ended.
+    Commit(http::Response<ResBody>, bool),
     /// A failure the policy decides on.
     Failed(Failure<ResBody>),
     /// The server refused the stream before its application saw it.
@@ -482,7 +506,7 @@ pub(crate) fn outcome<ResBody>(
 ) -> Outcome<ResBody> {
     match result {
         Ok(response) => match response_outcome(response) {
-            Ok(response) => Outcome::Commit(response),
+            Ok((response, ended)) => Outcome::Commit(response, ended),
             Err((code, response)) => Outcome::Failed(Failure::Response { code, response }),
         },
         Err(error) if classify::refused_before_processing(&*error) => Outcome::Refused(error),
@@ -490,31 +514,52 @@ pub(crate) fn outcome<ResBody>(
     }
 }
 
-/// What a response means: `Ok` to commit it (with undecodable status
-/// details stripped from a trailers-only OK, which tonic's stub would panic
-/// on), or the failure code it reports, with the response.
+/// What a response means: `Ok` to commit it (with whether it has already
+/// ended, as a Trailers-Only OK; undecodable status details stripped from
+/// one, which tonic's stub would panic on), or the failure code it reports,
+/// with the response.
+#[allow(clippy::type_complexity)]
 pub(crate) fn response_outcome<ResBody>(
     mut response: http::Response<ResBody>,
-) -> Result<http::Response<ResBody>, (Code, http::Response<ResBody>)> {
+) -> Result<(http::Response<ResBody>, bool), (Code, http::Response<ResBody>)> {
     match commits(&mut response) {
-        Ok(()) => Ok(response),
+        Ok(ended) => Ok((response, ended)),
         Err(code) => Err((code, response)),
     }
 }
 
-/// [`response_outcome`] in place: `Ok` if `response` commits the call (its
-/// undecodable status details stripped), else the failure code. The happy
-/// path uses this form, which never moves the response.
+/// [`response_outcome`] in place: `Ok` if `response` commits the call
+/// (`true` if it has already ended, as a Trailers-Only OK, its undecodable
+/// status details stripped), else the failure code. The happy path uses
+/// this form, which never moves the response.
 #[inline]
-pub(crate) fn commits<ResBody>(response: &mut http::Response<ResBody>) -> Result<(), Code> {
+pub(crate) fn commits<ResBody>(response: &mut http::Response<ResBody>) -> Result<bool, Code> {
     match classify::classify_response(response) {
-        ResponseKind::Commit { check_details } => {
+        ResponseKind::Commit => Ok(false),
+        ResponseKind::Ok { check_details } => {
             if check_details {
                 classify::strip_malformed_status_details(response.headers_mut());
             }
-            Ok(())
+            Ok(true)
         }
         ResponseKind::Failed(code) => Err(code),
+    }
+}
+
+/// The response of a call no policy applies to, guarded like any other: a
+/// response that is not gRPC becomes the Trailers-Only status gRPC's HTTP
+/// mapping gives, with its body dropped, and malformed status details are
+/// removed (from the headers here, from the trailers by the body).
+pub(crate) fn pass_through_response<R>(
+    mut response: http::Response<R>,
+) -> http::Response<ResponseBody<R, CallEnd>> {
+    match commits(&mut response) {
+        Ok(_) => response.map(|body| ResponseBody::new(body, None)),
+        Err(code) => {
+            let (mut parts, _body) = response.into_parts();
+            classify::make_trailers_only(&mut parts.headers, parts.status, code);
+            http::Response::from_parts(parts, ResponseBody::empty())
+        }
     }
 }
 
@@ -594,12 +639,9 @@ impl<ResBody> Failure<ResBody> {
         self,
         call: &Call,
         attempt: u32,
-    ) -> Result<http::Response<ResBody>, BoxError> {
+    ) -> Result<http::Response<ResponseBody<ResBody, CallEnd>>, BoxError> {
         match self {
-            Failure::Response {
-                mut response, code, ..
-            } => {
-                classify::strip_malformed_status_details(response.headers_mut());
+            Failure::Response { response, code } => {
                 Ok(call.surface_response(response, attempt, code))
             }
             Failure::Status { status, .. } => Err(call.surface_status(status, attempt)),

@@ -50,6 +50,7 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::classify::{self, ResponseKind};
 use crate::policy::CodeSet;
+use crate::response_body::{OnEnd, ResponseBody, sealed};
 
 /// The codes that count as failures when none are configured: the transient
 /// system errors, as for retries.
@@ -502,7 +503,7 @@ where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<ResponseBody<ResBody, BreakerEnd>>;
     type Error = BoxError;
     type Future = BreakerFuture<S::Future>;
 
@@ -563,7 +564,7 @@ where
     F: Future<Output = Result<http::Response<ResBody>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<http::Response<ResBody>, BoxError>;
+    type Output = Result<http::Response<ResponseBody<ResBody, BreakerEnd>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -580,18 +581,32 @@ where
         let permit = this.permit.take().expect("an admitted call holds a permit");
         let failure_codes = permit.shared.config.failure_codes;
         match result {
-            Ok(mut response) => {
-                let (failed, check_details) = match classify::classify_response(&response) {
-                    ResponseKind::Commit { check_details } => (false, check_details),
-                    ResponseKind::Failed(code) => (failure_codes.contains(code), true),
-                };
-                if check_details {
-                    // tonic's stub would panic on undecodable details.
-                    classify::strip_malformed_status_details(response.headers_mut());
+            Ok(mut response) => match classify::classify_response(&response) {
+                // Committed: the outcome is the status its body ends with.
+                ResponseKind::Commit => Poll::Ready(Ok(response.map(|body| {
+                    ResponseBody::new(
+                        body,
+                        Some(BreakerEnd {
+                            permit,
+                            failure_codes,
+                        }),
+                    )
+                }))),
+                ResponseKind::Ok { check_details } => {
+                    if check_details {
+                        // tonic's stub would panic on undecodable details.
+                        classify::strip_malformed_status_details(response.headers_mut());
+                    }
+                    permit.settle(false);
+                    Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))))
                 }
-                permit.settle(failed);
-                Poll::Ready(Ok(response))
-            }
+                ResponseKind::Failed(code) => {
+                    permit.settle(failure_codes.contains(code));
+                    let (mut parts, _body) = response.into_parts();
+                    classify::make_trailers_only(&mut parts.headers, parts.status, code);
+                    Poll::Ready(Ok(http::Response::from_parts(parts, ResponseBody::empty())))
+                }
+            },
             Err(error) => {
                 // Converted once, so the code counted is the code surfaced.
                 let status = classify::status_from_error(error.into());
@@ -607,6 +622,35 @@ impl<F> fmt::Debug for BreakerFuture<F> {
         f.debug_struct("BreakerFuture")
             .field("refused", &self.refused.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a committed call for the breaker, settled when its
+/// response ends: the [`OnEnd`] hook of the [`ResponseBody`] that
+/// [`CircuitBreaker`] returns. The trailers' status counts, so a backend
+/// that sends headers and then UNAVAILABLE opens the breaker; a body the
+/// caller drops before its end counts as neither (a trial gives its place
+/// back). Opaque.
+pub struct BreakerEnd {
+    permit: Permit,
+    failure_codes: CodeSet,
+}
+
+impl sealed::Sealed for BreakerEnd {}
+
+impl OnEnd for BreakerEnd {
+    fn ended(self, code: Code, _trailers: &http::HeaderMap) {
+        self.permit.settle(self.failure_codes.contains(code));
+    }
+
+    fn dropped(self) {
+        // The permit's drop counts nothing.
+    }
+}
+
+impl fmt::Debug for BreakerEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerEnd").finish_non_exhaustive()
     }
 }
 

@@ -38,7 +38,8 @@ pub(crate) fn decode_status_details(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Removes a `grpc-status-details-bin` that is not valid base64 from a
-/// trailers-only response (OK or not) about to be surfaced.
+/// trailers-only response (OK or not) about to be surfaced, or from a
+/// committed response's trailers.
 ///
 /// tonic's client decodes it with `expect` (`Status::from_header_map`), so a
 /// server sending garbage there would otherwise panic the caller's task.
@@ -49,7 +50,7 @@ pub(crate) fn strip_malformed_status_details(headers: &mut HeaderMap) {
         .iter()
         .any(|v| decode_status_details(v.as_bytes()).is_none());
     if malformed {
-        tracing::debug!("dropping malformed grpc-status-details-bin from a trailers-only response");
+        tracing::debug!("dropping a malformed grpc-status-details-bin");
         headers.remove(&GRPC_STATUS_DETAILS);
     }
 }
@@ -57,12 +58,17 @@ pub(crate) fn strip_malformed_status_details(headers: &mut HeaderMap) {
 /// What the head of a response means for the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResponseKind {
-    /// OK, or normal headers: the response is the call's result.
-    /// `check_details` is set for a trailers-only OK that carries
-    /// `grpc-status-details-bin`, which tonic's client will decode.
-    Commit { check_details: bool },
-    /// An uncommitted failure: trailers-only `grpc-status`, or a non-200
-    /// HTTP status without one (typically a proxy).
+    /// A trailers-only OK: the call is over, successfully. `check_details`
+    /// is set when it carries `grpc-status-details-bin`, which tonic's
+    /// client will decode.
+    Ok { check_details: bool },
+    /// Normal response headers: the call commits; its status comes in the
+    /// trailers.
+    Commit,
+    /// An uncommitted failure: trailers-only `grpc-status`, or a response
+    /// that is not gRPC at all (an HTTP error status, typically from a
+    /// proxy, or a 200 whose content type is not gRPC), whose code is what
+    /// gRPC's HTTP mapping gives.
     Failed(Code),
 }
 
@@ -71,15 +77,135 @@ pub(crate) fn classify_response<B>(response: &http::Response<B>) -> ResponseKind
     let (status, has_details) = status_headers(response.headers());
     match status {
         Some(value) => match parse_grpc_status(value.as_bytes()) {
-            Code::Ok => ResponseKind::Commit {
+            Code::Ok => ResponseKind::Ok {
                 check_details: has_details,
             },
             code => ResponseKind::Failed(code),
         },
-        None if response.status() == StatusCode::OK => ResponseKind::Commit {
-            check_details: false,
-        },
+        None if response.status() == StatusCode::OK => {
+            if is_grpc_content_type(response.headers()) {
+                ResponseKind::Commit
+            } else {
+                ResponseKind::Failed(Code::Unknown)
+            }
+        }
         None => ResponseKind::Failed(code_from_http_status(response.status())),
+    }
+}
+
+/// Whether a response's content type is gRPC's (`application/grpc`, alone or
+/// followed by `+format` or `;parameters`). A missing one is let through,
+/// as tonic's client does: only a content type that is there and says
+/// something else (an HTML error page from a proxy) marks a response as not
+/// gRPC.
+fn is_grpc_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return true;
+    };
+    let value = value.as_bytes();
+    let prefix = b"application/grpc";
+    value.len() >= prefix.len()
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.get(prefix.len()), None | Some(b'+' | b';'))
+}
+
+/// Turns a failed response head into the Trailers-Only status that tonic's
+/// client reads: when it has no `grpc-status` (a response that is not
+/// gRPC), `grpc-status: code` and a `grpc-message` saying why are added,
+/// and any malformed `grpc-status-details-bin` is removed. The response's
+/// body must then be dropped, not decoded: for a response that is not gRPC
+/// it is not a gRPC message (tonic would report INTERNAL "invalid
+/// compression flag" for an HTML page), and a Trailers-Only response has
+/// none.
+pub(crate) fn make_trailers_only(headers: &mut HeaderMap, http_status: StatusCode, code: Code) {
+    if !headers.contains_key(GRPC_STATUS) {
+        let message = match headers.get(http::header::CONTENT_TYPE) {
+            Some(content_type) if http_status == StatusCode::OK => format!(
+                "response is not gRPC: content-type {}",
+                String::from_utf8_lossy(content_type.as_bytes())
+            ),
+            _ => format!(
+                "grpc-status header missing, mapped from HTTP status code {}",
+                http_status.as_u16()
+            ),
+        };
+        headers.insert(GRPC_STATUS, HeaderValue::from(code as i32));
+        if let Ok(message) = HeaderValue::from_bytes(&percent_encode(message.as_bytes())) {
+            headers.insert(GRPC_MESSAGE, message);
+        }
+    }
+    strip_malformed_status_details(headers);
+}
+
+/// The `grpc-message` header.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Percent-encodes a `grpc-message` value as the gRPC protocol asks: every
+/// byte outside printable ASCII, and `%` itself.
+fn percent_encode(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    for &byte in message {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte);
+        } else {
+            out.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// The final status of a committed call, from its trailers: their
+/// `grpc-status`, or UNKNOWN when they have none (gRPC requires one; tonic's
+/// client reports its absence as UNKNOWN too).
+pub(crate) fn trailers_code(trailers: &HeaderMap) -> Code {
+    trailers
+        .get(GRPC_STATUS)
+        .map_or(Code::Unknown, |value| parse_grpc_status(value.as_bytes()))
+}
+
+/// The code tonic's client would give a response body error: a `Status`
+/// in its chain is taken as it is, an HTTP/2 reset maps as gRPC's protocol
+/// document says (and tonic does), a timed-out connection is UNAVAILABLE,
+/// and anything else is UNKNOWN.
+pub(crate) fn body_error_code(error: &(dyn std::error::Error + 'static)) -> Code {
+    for e in error_chain(error) {
+        if let Some(status) = e.downcast_ref::<Status>() {
+            return status.code();
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return code_from_h2(h2);
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            if hyper.is_timeout() {
+                return Code::Unavailable;
+            }
+            if hyper.is_canceled() {
+                return Code::Cancelled;
+            }
+        }
+    }
+    Code::Unknown
+}
+
+/// gRPC's mapping of HTTP/2 error codes (PROTOCOL-HTTP2.md, "Errors"), as
+/// tonic applies it.
+fn code_from_h2(error: &h2::Error) -> Code {
+    match error.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(
+            h2::Reason::NO_ERROR
+            | h2::Reason::PROTOCOL_ERROR
+            | h2::Reason::INTERNAL_ERROR
+            | h2::Reason::FLOW_CONTROL_ERROR
+            | h2::Reason::SETTINGS_TIMEOUT
+            | h2::Reason::FRAME_SIZE_ERROR
+            | h2::Reason::COMPRESSION_ERROR
+            | h2::Reason::CONNECT_ERROR,
+        ) => Code::Internal,
+        _ => Code::Unknown,
     }
 }
 
@@ -250,17 +376,48 @@ mod tests {
     fn normal_headers_commit() {
         assert_eq!(
             classify_response(&response(200, None)),
-            ResponseKind::Commit {
-                check_details: false
-            }
+            ResponseKind::Commit
         );
+        let mut grpc = response(200, None);
+        for content_type in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+            "Application/GRPC",
+        ] {
+            grpc.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            assert_eq!(
+                classify_response(&grpc),
+                ResponseKind::Commit,
+                "{content_type}"
+            );
+        }
     }
 
     #[test]
-    fn trailers_only_ok_commits() {
+    fn a_200_whose_content_type_is_not_grpc_is_unknown_not_a_commit() {
+        for content_type in ["text/html", "application/grpc-web", "application/json", ""] {
+            let mut html = response(200, None);
+            html.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            assert_eq!(
+                classify_response(&html),
+                ResponseKind::Failed(Code::Unknown),
+                "{content_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_only_ok_ends_the_call() {
         assert_eq!(
             classify_response(&response(200, Some(b"0"))),
-            ResponseKind::Commit {
+            ResponseKind::Ok {
                 check_details: false
             }
         );
@@ -273,10 +430,85 @@ mod tests {
             .insert(GRPC_STATUS_DETAILS, http::HeaderValue::from_static("!!"));
         assert_eq!(
             classify_response(&ok),
-            ResponseKind::Commit {
+            ResponseKind::Ok {
                 check_details: true
             }
         );
+    }
+
+    #[test]
+    fn a_response_that_is_not_grpc_becomes_a_trailers_only_status() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html"),
+        );
+        make_trailers_only(
+            &mut headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+        );
+        assert_eq!(headers[GRPC_STATUS], "14");
+        assert_eq!(
+            headers[GRPC_MESSAGE],
+            "grpc-status header missing, mapped from HTTP status code 503"
+        );
+        let status = Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_bytes(b"text/html; x=\xff%").unwrap(),
+        );
+        make_trailers_only(&mut headers, StatusCode::OK, Code::Unknown);
+        let status = Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), Code::Unknown);
+        assert!(
+            status
+                .message()
+                .starts_with("response is not gRPC: content-type text/html; x=")
+        );
+
+        // A real Trailers-Only status is kept as it is, its bad details
+        // dropped.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(GRPC_STATUS, http::HeaderValue::from_static("8"));
+        headers.insert(GRPC_STATUS_DETAILS, http::HeaderValue::from_static("!!"));
+        make_trailers_only(&mut headers, StatusCode::OK, Code::Unknown);
+        assert_eq!(headers[GRPC_STATUS], "8");
+        assert!(!headers.contains_key(GRPC_STATUS_DETAILS));
+        assert!(!headers.contains_key(GRPC_MESSAGE));
+    }
+
+    #[test]
+    fn trailers_without_grpc_status_are_unknown() {
+        let mut trailers = http::HeaderMap::new();
+        assert_eq!(trailers_code(&trailers), Code::Unknown);
+        trailers.insert(GRPC_STATUS, http::HeaderValue::from_static("14"));
+        assert_eq!(trailers_code(&trailers), Code::Unavailable);
+        trailers.insert(GRPC_STATUS, http::HeaderValue::from_static("x"));
+        assert_eq!(trailers_code(&trailers), Code::Unknown);
+    }
+
+    #[test]
+    fn body_errors_take_the_code_tonic_would_give_them() {
+        let status: BoxError = Box::new(Status::unavailable("gone"));
+        assert_eq!(body_error_code(&*status), Code::Unavailable);
+        for (reason, code) in [
+            (h2::Reason::REFUSED_STREAM, Code::Unavailable),
+            (h2::Reason::CANCEL, Code::Cancelled),
+            (h2::Reason::INTERNAL_ERROR, Code::Internal),
+            (h2::Reason::NO_ERROR, Code::Internal),
+            (h2::Reason::ENHANCE_YOUR_CALM, Code::ResourceExhausted),
+        ] {
+            let error: BoxError = Box::new(h2::Error::from(reason));
+            assert_eq!(body_error_code(&*error), code, "{reason:?}");
+            // And as tonic itself maps it.
+            assert_eq!(Status::from_error(error).code(), code, "{reason:?}");
+        }
+        let other: BoxError = "something else".into();
+        assert_eq!(body_error_code(&*other), Code::Unknown);
     }
 
     #[test]

@@ -20,9 +20,13 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::BoxError;
-use crate::attempt::{AttemptError, FirstAttempt, SharedService, cancelled_status, commits};
+use crate::attempt::{
+    AttemptError, FirstAttempt, SharedService, cancelled_status, commits, pass_through_response,
+};
+use crate::call_end::CallEnd;
 use crate::kit::{self, KitBox};
 use crate::replay::BodyId;
+use crate::response_body::ResponseBody;
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
@@ -59,7 +63,7 @@ pin_project! {
         },
         /// The attempt loop, after a failed first attempt (or for a hedged
         /// call, or when the inner service failed to become ready).
-        Looping { future: BoxedLoop<http::Response<ResBody>> },
+        Looping { future: BoxedLoop<http::Response<ResponseBody<ResBody, CallEnd>>> },
         /// An error to return at once.
         Failed { error: Option<BoxError> },
         /// The first attempt committed and its response was returned.
@@ -79,7 +83,9 @@ where
         ResponseFuture { state }
     }
 
-    pub(crate) fn looping(future: BoxedLoop<http::Response<ResBody>>) -> Self {
+    pub(crate) fn looping(
+        future: BoxedLoop<http::Response<ResponseBody<ResBody, CallEnd>>>,
+    ) -> Self {
         ResponseFuture {
             state: State::Looping { future },
         }
@@ -105,13 +111,16 @@ where
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
-    type Output = Result<http::Response<ResBody>, BoxError>;
+    type Output = Result<http::Response<ResponseBody<ResBody, CallEnd>>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::PassThrough { response } => {
-                    return response.poll(cx).map_err(Into::into);
+                    return response
+                        .poll(cx)
+                        .map_ok(pass_through_response)
+                        .map_err(Into::into);
                 }
                 StateProj::Looping { future } => return future.as_mut().poll(cx),
                 StateProj::Failed { error } => {
@@ -139,13 +148,13 @@ where
                     }
                     let result = match attempt.poll(cx) {
                         Poll::Ready(Ok(mut response)) => {
-                            if commits(&mut response).is_ok() {
+                            if let Ok(ended) = commits(&mut response) {
                                 // The happy path: commit, and return the
                                 // kit to the pool (no move of the call's
                                 // state, the response moved once). A
                                 // streaming request goes on sending.
                                 parts.replay.commit_mut(BodyId::FIRST);
-                                parts.call.commit_first();
+                                let response = parts.call.committed(response, 1, ended);
                                 if let Some(kit) = kit.take() {
                                     kit::recycle(kit);
                                 }
@@ -219,7 +228,7 @@ pub(crate) fn into_loop<S, ResBody>(
     mut kit: KitBox,
     first: FirstAttempt<S>,
     service: SharedService<S>,
-) -> BoxedLoop<http::Response<ResBody>>
+) -> BoxedLoop<http::Response<ResponseBody<ResBody, CallEnd>>>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,

@@ -30,10 +30,12 @@ use crate::attempt::{
     AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, instant_after,
     outcome, send, sleep_until,
 };
+use crate::call_end::CallEnd;
 use crate::classify::code_name;
 use crate::config::HedgingPolicy;
 use crate::pushback::Pushback;
 use crate::replay::{BodyId, Replay};
+use crate::response_body::ResponseBody;
 
 impl Call {
     /// Runs a hedged call to completion.
@@ -45,7 +47,7 @@ impl Call {
         replay: &Replay<Body>,
         heads: &mut RequestHeads,
         first: http::Request<Body>,
-    ) -> Result<http::Response<ResBody>, BoxError>
+    ) -> Result<http::Response<ResponseBody<ResBody, CallEnd>>, BoxError>
     where
         S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
@@ -166,13 +168,13 @@ impl Call {
                         }
                     };
                     let failure = match outcome(result) {
-                        Outcome::Commit(response) if replay.can_commit(body) => {
+                        Outcome::Commit(response, ended) if replay.can_commit(body) => {
                             // The winner. Dropping `in_flight` on return
                             // cancels every other attempt.
                             self.metrics.hedges(sent - 1);
-                            return Ok(self.commit(replay, body, response, n));
+                            return Ok(self.commit(replay, body, response, n, ended));
                         }
-                        Outcome::Commit(_) => {
+                        Outcome::Commit(..) => {
                             // Its server answered before the request, but the
                             // request passed a buffer limit while another
                             // attempt was sending it: this one can never send

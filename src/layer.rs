@@ -72,6 +72,20 @@ pub(crate) struct CallPolicy<'a> {
 }
 
 impl CallPolicy<'_> {
+    /// Whether A6 throttling counts a final `code` (with the `headers` it
+    /// came with) as a failure: a code the policy would retry, or a "do not
+    /// retry" pushback (for a hedged call: a non-fatal code). Counted so
+    /// whether or not the call is committed, as grpc core does.
+    pub(crate) fn counts_as_failure(&self, code: tonic::Code, headers: &http::HeaderMap) -> bool {
+        match self.hedging {
+            Some(hedging) => hedging.non_fatal_codes.contains(code),
+            None => {
+                self.retry.is_retryable(code, headers)
+                    || crate::pushback::server_pushback(headers) == crate::pushback::Pushback::Stop
+            }
+        }
+    }
+
     /// How long each attempt (retry or hedge) may take.
     pub(crate) fn per_attempt_timeout(&self) -> Option<Duration> {
         match self.hedging {

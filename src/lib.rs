@@ -53,6 +53,7 @@ mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod buffer_cap;
+mod call_end;
 mod classify;
 pub mod config;
 pub mod deadline;
@@ -65,16 +66,18 @@ mod options;
 mod policy;
 pub mod pushback;
 pub mod replay;
+pub mod response_body;
 pub mod service;
 mod throttle;
 
 pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
 pub use breaker::{
-    BreakerConfig, BreakerConfigBuilder, BreakerError, BreakerFuture, BreakerState, CircuitBreaker,
-    CircuitBreakerLayer,
+    BreakerConfig, BreakerConfigBuilder, BreakerEnd, BreakerError, BreakerFuture, BreakerState,
+    CircuitBreaker, CircuitBreakerLayer,
 };
 pub use budget::{BudgetError, RetryBudget};
 pub use buffer_cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
+pub use call_end::CallEnd;
 pub use classify::code_name;
 pub use config::{ConfigError, HedgingPolicy, MethodConfig, RetryThrottling, ServiceConfig};
 pub use future::ResponseFuture;
@@ -84,6 +87,7 @@ pub use policy::{
     Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_MAX_SERVER_DELAY, DEFAULT_REPLAY_LIMIT,
     DEFAULT_RETRYABLE_CODES, Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
 };
+pub use response_body::{OnEnd, ResponseBody};
 pub use service::Retry;
 pub use throttle::{RetryThrottle, ThrottleError};
 

@@ -20,6 +20,9 @@ pub(crate) struct CallMetrics {
 
 #[cfg(not(feature = "metrics"))]
 impl CallMetrics {
+    /// Whether anything is recorded (the `metrics` feature).
+    pub(crate) const ENABLED: bool = false;
+
     pub(crate) fn new(_path: &str) -> Self {
         CallMetrics {}
     }
@@ -34,6 +37,9 @@ impl CallMetrics {
 
 #[cfg(feature = "metrics")]
 impl CallMetrics {
+    /// Whether anything is recorded (the `metrics` feature).
+    pub(crate) const ENABLED: bool = true;
+
     pub(crate) fn new(path: &str) -> Self {
         CallMetrics {
             inner: enabled::Recorded::new(path),

@@ -9,9 +9,11 @@ use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
 use crate::attempt::{FirstAttempt, SharedService, clone_shared};
+use crate::call_end::CallEnd;
 use crate::future::{ResponseFuture, into_loop};
 use crate::kit::{self, KitBox};
 use crate::layer::LayerState;
+use crate::response_body::ResponseBody;
 
 /// Retries the gRPC calls sent through it; built by
 /// [`RetryLayer`](crate::RetryLayer).
@@ -92,7 +94,7 @@ where
     S::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<ResponseBody<ResBody, CallEnd>>;
     type Error = BoxError;
     type Future = ResponseFuture<S, ResBody>;
 

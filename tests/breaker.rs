@@ -86,7 +86,7 @@ fn respond(reply: Reply) -> Result<Response<Body>, BoxError> {
 }
 
 /// The code a generated client would report for this result.
-fn code_of(result: Result<Response<Body>, BoxError>) -> Code {
+fn code_of<R>(result: Result<Response<R>, BoxError>) -> Code {
     match result {
         Ok(response) => response
             .headers()
@@ -107,20 +107,20 @@ fn request() -> Request<Body> {
 }
 
 /// Makes one call through `svc` and returns the code the caller sees.
-async fn call<S>(svc: &mut S) -> Code
+async fn call<S, R>(svc: &mut S) -> Code
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<R>, Error = BoxError>,
 {
     match svc.ready().await {
         Ok(svc) => code_of(svc.call(request()).await),
-        Err(error) => code_of(Err(error)),
+        Err(error) => code_of::<R>(Err(error)),
     }
 }
 
 /// Makes `n` calls, all answered with `reply`.
-async fn calls<S>(svc: &mut S, backend: &Backend, reply: Reply, n: usize)
+async fn calls<S, R>(svc: &mut S, backend: &Backend, reply: Reply, n: usize)
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<R>, Error = BoxError>,
 {
     backend.set(reply);
     for _ in 0..n {

@@ -74,6 +74,13 @@ pub struct FaultAction {
     /// that is not a valid HTTP status (outside `100..=999`) becomes `500`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// With `http_status`: send this as the response body (an HTML error
+    /// page, say), which is not a gRPC message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_body: Option<String>,
+    /// With `http_status`: this `content-type` instead of `text/plain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// Reset the HTTP/2 stream (`RST_STREAM`, error code `reset_reason`)
     /// instead of responding; with the default `INTERNAL_ERROR` tonic
     /// clients see `Code::Internal`. With `headers_first`, the response
@@ -121,6 +128,8 @@ impl Default for FaultAction {
             raw_headers: Vec::new(),
             grpc_status_raw: None,
             http_status: None,
+            http_body: None,
+            content_type: None,
             reset: false,
             reset_reason: None,
             early: false,
@@ -169,6 +178,18 @@ impl FaultAction {
             http_status: Some(status),
             ..Self::default()
         }
+    }
+
+    /// With `http_status`: a response body, e.g. an HTML error page.
+    pub fn http_body(mut self, body: impl Into<String>) -> Self {
+        self.http_body = Some(body.into());
+        self
+    }
+
+    /// With `http_status`: the response's `content-type`.
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
     }
 
     /// Sets the status message.

@@ -45,6 +45,8 @@
 //! | `raw_headers` | `[[name, value], …]` | appended to the status headers |
 //! | `grpc_status_raw` | string | replaces the `grpc-status` value verbatim |
 //! | `http_status` | integer | this HTTP status, no `grpc-status` |
+//! | `http_body` | string | with `http_status`: this response body (not a gRPC message) |
+//! | `content_type` | string | with `http_status`: this `content-type` (default `text/plain`) |
 //! | `reset` | bool | `RST_STREAM` instead of a response |
 //! | `reset_reason` | integer | HTTP/2 error code of the reset (default 2, `INTERNAL_ERROR`) |
 //! | `early` | bool | respond without reading the request body |

@@ -511,11 +511,20 @@ fn respond_fault(action: &FaultAction, guard: AttemptGuard) -> Result<Response<B
         return Err(ResetStream::new(reset_reason(action)));
     }
     if let Some(code) = action.http_status {
-        let mut response = Response::new(Body::empty());
+        let body = match &action.http_body {
+            Some(text) => Body::new(http_body_util::Full::new(Bytes::from(text.clone()))),
+            None => Body::empty(),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() =
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let content_type = action
+            .content_type
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+            .unwrap_or(HeaderValue::from_static("text/plain"));
+        headers.insert(CONTENT_TYPE, content_type);
         append_extra(headers, action);
         guard.complete();
         return Ok(response);
