@@ -5,10 +5,12 @@
 //! (histograms of counts, not reported when zero) and
 //! `grpc.client.call.retry_delay` (seconds with no attempt in flight). Per
 //! decision: counters `tonic_retry.throttled` and
-//! `tonic_retry.budget_exhausted`. Labels: `grpc.method` (`pkg.Service/Method`)
-//! and `grpc.status` (the final code; `OK` for a committed response). A call
-//! dropped by its caller is recorded as `CANCELLED`. Without the feature
-//! every function here compiles to nothing, so the happy path pays nothing.
+//! `tonic_retry.budget_exhausted`. Labels: `grpc.method`
+//! (`pkg.Service/Method`) and `grpc.status` (the final code: for a
+//! committed call, the status its response ends with, recorded when it
+//! ends). A call dropped by its caller, or whose response body is dropped
+//! before its end, is recorded as `CANCELLED`. Without the feature every
+//! function here compiles to nothing, so the happy path pays nothing.
 
 use std::time::Duration;
 

@@ -323,3 +323,22 @@ fn a_call_dropped_mid_backoff_is_recorded_as_cancelled() {
     let retries = histogram("grpc.client.call.retries", "CANCELLED");
     assert_eq!(histogram_values(&recorded, &retries), [1.0]);
 }
+
+#[test]
+fn a_committed_call_is_recorded_with_the_status_its_trailers_carry() {
+    let recorded = recorded(|| async {
+        let server = TestServer::start().await.unwrap();
+        let mut client = client(&server, exact_policy().build().unwrap()).await;
+        // Retried once, then headers, a message and UNAVAILABLE in the
+        // trailers: committed, and failed.
+        let script = [unavailable(), FaultAction::ok().grpc_status_raw("14")];
+        let status = client.unary(scripted("c", &script)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    });
+    let retries = histogram("grpc.client.call.retries", "UNAVAILABLE");
+    assert_eq!(histogram_values(&recorded, &retries), [1.0]);
+    assert!(
+        !recorded.contains_key(&histogram("grpc.client.call.retries", "OK")),
+        "not counted as OK at commit: {recorded:#?}"
+    );
+}
