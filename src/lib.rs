@@ -48,48 +48,48 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod attempt;
-mod backoff;
-pub mod breaker;
-pub mod budget;
-pub mod buffer_cap;
-mod call_end;
+// The crate, one concern per folder (see the README's design map); a
+// request flows down this list, and no module uses one above it.
+mod body;
+mod call;
 mod classify;
-pub mod config;
 pub mod deadline;
-mod future;
-mod hedge;
-mod kit;
 pub mod layer;
 mod metrics;
-mod options;
+mod overload;
 mod policy;
-pub mod pushback;
-pub mod replay;
-pub mod response_body;
-pub mod service;
-mod throttle;
+mod state;
 
-pub use attempt::GRPC_PREVIOUS_RPC_ATTEMPTS;
-pub use breaker::{
+// The public module paths, where users find them.
+pub use body::replay;
+pub use body::replay::cap as buffer_cap;
+pub use body::response as response_body;
+pub use call::service;
+pub use overload::{breaker, budget};
+pub use policy::{config, pushback};
+
+pub use body::replay::cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
+pub use body::response::{OnEnd, ResponseBody};
+pub use call::GRPC_PREVIOUS_RPC_ATTEMPTS;
+pub use call::end::CallEnd;
+pub use call::future::ResponseFuture;
+pub use call::service::Retry;
+pub use classify::code_name;
+pub use layer::{RetryLayer, RetryLayerBuilder};
+pub use overload::breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerEnd, BreakerError, BreakerFuture, BreakerState,
     CircuitBreaker, CircuitBreakerLayer,
 };
-pub use budget::{BudgetError, RetryBudget};
-pub use buffer_cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
-pub use call_end::CallEnd;
-pub use classify::code_name;
-pub use config::{ConfigError, HedgingPolicy, MethodConfig, RetryThrottling, ServiceConfig};
-pub use future::ResponseFuture;
-pub use layer::{RetryLayer, RetryLayerBuilder};
-pub use options::CallOptions;
-pub use policy::{
+pub use overload::budget::{BudgetError, RetryBudget};
+pub use overload::throttle::{RetryThrottle, ThrottleError};
+pub use policy::config::{
+    ConfigError, HedgingPolicy, MethodConfig, RetryThrottling, ServiceConfig,
+};
+pub use policy::options::CallOptions;
+pub use policy::retry::{
     Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_MAX_SERVER_DELAY, DEFAULT_REPLAY_LIMIT,
     DEFAULT_RETRYABLE_CODES, Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
 };
-pub use response_body::{OnEnd, ResponseBody};
-pub use service::Retry;
-pub use throttle::{RetryThrottle, ThrottleError};
 
 /// The error type of [`Retry`]: whatever the inner service returned, or a
 /// boxed [`tonic::Status`] that the layer produced.

@@ -20,13 +20,13 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::BoxError;
-use crate::attempt::{
+use crate::body::replay::BodyId;
+use crate::body::response::ResponseBody;
+use crate::call::end::CallEnd;
+use crate::call::kit::{self, KitBox};
+use crate::call::{
     AttemptError, FirstAttempt, SharedService, cancelled_status, commits, pass_through_response,
 };
-use crate::call_end::CallEnd;
-use crate::kit::{self, KitBox};
-use crate::replay::BodyId;
-use crate::response_body::ResponseBody;
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tonic::Code;
 
 use crate::classify::code_name;
-use crate::policy::{CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, RetryPolicy};
+use crate::policy::retry::{CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, RetryPolicy};
 
 /// The largest duration proto3 accepts: 10 000 years, in seconds.
 const MAX_DURATION_SECS: u64 = 315_576_000_000;

@@ -26,8 +26,8 @@ use proptest::prelude::*;
 
 use super::CountingWaker;
 use crate::BoxError;
-use crate::buffer_cap::ChannelBufferCap;
-use crate::replay::{BodyId, Replay, ReplayBody, ReplayError};
+use crate::body::replay::cap::ChannelBufferCap;
+use crate::body::replay::{BodyId, Replay, ReplayBody, ReplayError};
 
 #[derive(Debug, Clone)]
 enum SourceStep {

@@ -8,12 +8,12 @@ use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::{FirstAttempt, SharedService, clone_shared};
-use crate::call_end::CallEnd;
-use crate::future::{ResponseFuture, into_loop};
-use crate::kit::{self, KitBox};
-use crate::layer::LayerState;
-use crate::response_body::ResponseBody;
+use crate::body::response::ResponseBody;
+use crate::call::end::CallEnd;
+use crate::call::future::{ResponseFuture, into_loop};
+use crate::call::kit::{self, KitBox};
+use crate::call::{FirstAttempt, SharedService, clone_shared};
+use crate::state::LayerState;
 
 /// Retries the gRPC calls sent through it; built by
 /// [`RetryLayer`](crate::RetryLayer).

@@ -48,9 +48,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::body::response::{OnEnd, ResponseBody, sealed};
 use crate::classify::{self, ResponseKind};
-use crate::policy::CodeSet;
-use crate::response_body::{OnEnd, ResponseBody, sealed};
+use crate::policy::retry::CodeSet;
 
 /// The codes that count as failures when none are configured: the transient
 /// system errors, as for retries.

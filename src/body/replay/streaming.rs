@@ -30,7 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::ReplayError;
 use super::keep::keep;
 use crate::BoxError;
-use crate::buffer_cap::ChannelBufferCap;
+use crate::body::replay::cap::ChannelBufferCap;
 
 /// The state a streaming call's attempts share.
 pub(super) type SharedState<B> = Arc<Mutex<Shared<B>>>;

@@ -13,10 +13,10 @@ use http::HeaderMap;
 use tonic::Code;
 use tracing::Span;
 
+use crate::body::response::{OnEnd, sealed};
 use crate::classify::code_name;
-use crate::layer::{LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
-use crate::response_body::{OnEnd, sealed};
+use crate::state::{LayerState, PolicyRef};
 
 /// The accounting of one committed call, done when its response ends: the
 /// [`OnEnd`] hook of the [`ResponseBody`](crate::ResponseBody) that

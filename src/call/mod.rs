@@ -17,6 +17,12 @@
 //! 4. The final result is surfaced unchanged, with the number of previous
 //!    attempts added as `grpc-previous-rpc-attempts` metadata.
 
+pub(crate) mod end;
+pub(crate) mod future;
+mod hedge;
+pub(crate) mod kit;
+pub mod service;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,15 +38,15 @@ use tower_service::Service;
 use tracing::{Instrument, Span, debug, debug_span, field};
 
 use crate::BoxError;
-use crate::backoff::Backoff;
-use crate::call_end::CallEnd;
+use crate::body::replay::{BodyId, Replay};
+use crate::body::response::{OnEnd, ResponseBody};
+use crate::call::end::CallEnd;
 use crate::classify::{self, ResponseKind, code_name};
 use crate::deadline;
-use crate::layer::{CallPolicy, LayerState, PolicyRef};
 use crate::metrics::CallMetrics;
-use crate::pushback::{self, Pushback};
-use crate::replay::{BodyId, Replay};
-use crate::response_body::{OnEnd, ResponseBody};
+use crate::policy::backoff::Backoff;
+use crate::policy::pushback::{self, Pushback};
+use crate::state::{CallPolicy, LayerState, PolicyRef};
 
 /// `grpc-previous-rpc-attempts`: sent on attempt 2 and later, and added to
 /// the metadata of the result the caller sees.
@@ -950,7 +956,7 @@ impl SavedExtensions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::CallOptions;
+    use crate::policy::options::CallOptions;
 
     fn request_with(headers: HeaderMap) -> http::Request<()> {
         let mut request = http::Request::new(());

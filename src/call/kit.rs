@@ -31,13 +31,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::body::Body;
 use tracing::Span;
 
-use crate::attempt::{Call, RequestHeads};
-use crate::backoff::Backoff;
-use crate::layer::{LayerState, PolicyRef};
+use crate::body::replay::Replay;
+use crate::call::{Call, RequestHeads};
 use crate::metrics::CallMetrics;
-use crate::options::CallOptions;
-use crate::policy::DEFAULT_MAX_ATTEMPTS_CAP;
-use crate::replay::Replay;
+use crate::policy::backoff::Backoff;
+use crate::policy::options::CallOptions;
+use crate::policy::retry::DEFAULT_MAX_ATTEMPTS_CAP;
+use crate::state::{LayerState, PolicyRef};
 
 pin_project! {
     /// One call's state beyond its first attempt's own future.
@@ -171,9 +171,9 @@ impl CallKit {
             ),
             None => (policy.retry.max_attempts, policy.retry.max_attempts_cap),
         };
-        let limit = crate::attempt::earliest_duration(
+        let limit = crate::call::earliest_duration(
             request_timeout,
-            crate::attempt::earliest_duration(policy.retry.timeout, policy.config_timeout),
+            crate::call::earliest_duration(policy.retry.timeout, policy.config_timeout),
         );
         let body = std::mem::take(request.body_mut());
         let first_body = kit

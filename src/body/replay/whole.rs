@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::keep::keep;
-use crate::buffer_cap::ChannelBufferCap;
+use crate::body::replay::cap::ChannelBufferCap;
 
 /// The kept request, shared by the call's attempts.
 pub(super) struct Whole {

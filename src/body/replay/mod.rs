@@ -37,6 +37,7 @@
 //! * **Streaming** ([`streaming`]): anything else is recorded lazily as the
 //!   attempts read it; a client stream is never collected up front.
 
+pub mod cap;
 mod keep;
 mod streaming;
 mod whole;
@@ -54,7 +55,7 @@ use http_body::{Body, Frame, SizeHint};
 use self::streaming::{Shared, SharedState, StreamingBody, lock};
 use self::whole::{Whole, WholeBody};
 use crate::BoxError;
-use crate::buffer_cap::ChannelBufferCap;
+use crate::body::replay::cap::ChannelBufferCap;
 
 /// The caller's request body, shared by the attempts of one call.
 ///

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{Jitter, RetryPolicy};
+use crate::policy::retry::{Jitter, RetryPolicy};
 
 /// Tracks where a call is in its backoff sequence.
 #[derive(Debug, Default, Clone)]

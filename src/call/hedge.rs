@@ -26,16 +26,16 @@ use tower_service::Service;
 use tracing::{Instrument, debug, debug_span, field};
 
 use crate::BoxError;
-use crate::attempt::{
+use crate::body::replay::{BodyId, Replay};
+use crate::body::response::ResponseBody;
+use crate::call::end::CallEnd;
+use crate::call::{
     AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, instant_after,
     outcome, send, sleep_until,
 };
-use crate::call_end::CallEnd;
 use crate::classify::code_name;
-use crate::config::HedgingPolicy;
-use crate::pushback::Pushback;
-use crate::replay::{BodyId, Replay};
-use crate::response_body::ResponseBody;
+use crate::policy::config::HedgingPolicy;
+use crate::policy::pushback::Pushback;
 
 impl Call {
     /// Runs a hedged call to completion.
