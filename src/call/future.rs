@@ -19,14 +19,14 @@ use tonic::body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::attempt::{
+    AttemptError, FirstAttempt, SharedService, cancelled_status, commits, pass_through_response,
+};
 use crate::BoxError;
 use crate::body::replay::BodyId;
 use crate::body::response::ResponseBody;
 use crate::call::end::CallEnd;
 use crate::call::kit::{self, KitBox};
-use crate::call::{
-    AttemptError, FirstAttempt, SharedService, cancelled_status, commits, pass_through_response,
-};
 
 type BoxedLoop<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 

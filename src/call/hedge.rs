@@ -25,14 +25,14 @@ use tonic::body::Body;
 use tower_service::Service;
 use tracing::{Instrument, debug, debug_span, field};
 
+use super::Call;
+use super::attempt::{AttemptError, Failure, Outcome, cancelled_status, outcome, send};
+use super::heads::RequestHeads;
+use super::wait::{cancelled, instant_after, sleep_until};
 use crate::BoxError;
 use crate::body::replay::{BodyId, Replay};
 use crate::body::response::ResponseBody;
 use crate::call::end::CallEnd;
-use crate::call::{
-    AttemptError, Call, Failure, Outcome, RequestHeads, cancelled, cancelled_status, instant_after,
-    outcome, send, sleep_until,
-};
 use crate::classify::code_name;
 use crate::policy::config::HedgingPolicy;
 use crate::policy::pushback::Pushback;
@@ -74,7 +74,8 @@ impl Call {
             let (request, body, deadline) = match first.take() {
                 Some(first) => (first, BodyId::FIRST, first_deadline),
                 None => {
-                    let (parts, deadline) = heads.next(n, this);
+                    let mut parts = heads.next(n);
+                    let deadline = this.attempt_deadline(&mut parts.headers);
                     let body = replay.body();
                     let id = body.id();
                     (
@@ -129,7 +130,7 @@ impl Call {
                         code = code_name(failure.code()),
                         "final status of a hedged call"
                     );
-                    return failure.surface(self, n);
+                    return self.surface_failure(failure, n);
                 }
                 if let (Some(deadline), Some(at)) = (self.deadline, next_hedge)
                     && at >= deadline
@@ -210,7 +211,7 @@ impl Call {
                         }
                         debug!(attempt = n, code = code_name(code), "fatal status ends the hedged call");
                         self.metrics.hedges(sent - 1);
-                        return failure.surface(self, n);
+                        return self.surface_failure(failure, n);
                     }
                     // Non-fatal: it costs a throttling token, and the next
                     // hedge goes out now, or when the server asks.

@@ -31,8 +31,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::body::Body;
 use tracing::Span;
 
+use super::Call;
+use super::heads::RequestHeads;
+use super::wait::earliest_duration;
 use crate::body::replay::Replay;
-use crate::call::{Call, RequestHeads};
 use crate::metrics::CallMetrics;
 use crate::policy::backoff::Backoff;
 use crate::policy::options::CallOptions;
@@ -171,9 +173,9 @@ impl CallKit {
             ),
             None => (policy.retry.max_attempts, policy.retry.max_attempts_cap),
         };
-        let limit = crate::call::earliest_duration(
+        let limit = earliest_duration(
             request_timeout,
-            crate::call::earliest_duration(policy.retry.timeout, policy.config_timeout),
+            earliest_duration(policy.retry.timeout, policy.config_timeout),
         );
         let body = std::mem::take(request.body_mut());
         let first_body = kit

@@ -7,12 +7,12 @@ use tonic::body::Body;
 use tower_service::Service;
 use tracing::{Instrument, debug_span, field};
 
+use super::attempt::{FirstAttempt, SharedService, clone_shared};
 use crate::BoxError;
 use crate::body::response::ResponseBody;
 use crate::call::end::CallEnd;
 use crate::call::future::{ResponseFuture, into_loop};
 use crate::call::kit::{self, KitBox};
-use crate::call::{FirstAttempt, SharedService, clone_shared};
 use crate::state::LayerState;
 
 /// Retries the gRPC calls sent through it; built by
