@@ -29,12 +29,12 @@
 //!
 //! # Two shapes
 //!
-//! * **Whole** ([`whole`]): [`Replay::start`] polls the body once or twice
+//! * **Whole** (`whole.rs`): [`Replay::start`] polls the body once or twice
 //!   without waiting. A unary request (tonic encodes it into one chunk that
 //!   is ready at once) is then complete: it is kept as that one chunk and
 //!   every attempt gets its own reference, so no lock or shared state is
 //!   needed.
-//! * **Streaming** ([`streaming`]): anything else is recorded lazily as the
+//! * **Streaming** (`streaming.rs`): anything else is recorded lazily as the
 //!   attempts read it; a client stream is never collected up front.
 
 pub mod cap;
