@@ -121,8 +121,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod body;
 mod fault;
 mod frame;
+mod record;
 mod service;
 
 use std::io;
@@ -138,7 +140,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use fault::{FaultAction, fault_header};
-pub use service::{AttemptRecord, EchoService, ResetStream, SERVER_STREAM_RESPONSES};
+pub use record::{AttemptRecord, ResetStream};
+pub use service::{EchoService, SERVER_STREAM_RESPONSES};
 
 /// Generated protobuf messages and client for `retry.test.v1`
 /// (`proto/echo.proto`).

@@ -1,28 +1,29 @@
 //! The hand-written, scripted `retry.test.v1.Echo` service.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::{Body as _, Frame};
+use http_body::Body as _;
 use prost::Message as _;
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use super::body::{BidiBody, BidiState, ScriptedBody, Step};
 use super::fault::{FaultAction, parse_script};
 use super::frame::{FrameDecoder, FrameError, encode_frame};
 use super::proto::{EchoRequest, EchoResponse};
+use super::record::{AttemptGuard, AttemptRecord, Record, ResetStream, lock};
 use super::{CALL_ID_HEADER, FAULT_HEADER};
 use crate::deadline::parse_grpc_timeout;
 
@@ -31,85 +32,6 @@ const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 /// Number of responses `ServerStream` sends on success.
 pub const SERVER_STREAM_RESPONSES: usize = 3;
-
-/// What the server saw of one attempt. Obtained as a snapshot from
-/// [`EchoService::attempts`] / [`TestServer::attempts`](super::TestServer::attempts);
-/// take a new snapshot to see later updates.
-#[derive(Clone, Debug)]
-pub struct AttemptRecord {
-    /// Value of `x-call-id` (`""` when the header is missing).
-    pub call_id: String,
-    /// 0-based index of this attempt among the attempts with the same call
-    /// id, in arrival order; always 0 when `x-call-id` is missing.
-    pub attempt: usize,
-    /// Request path, e.g. `/retry.test.v1.Echo/Unary`.
-    pub method: String,
-    /// When the request headers reached the service.
-    pub arrived: Instant,
-    /// Raw `grpc-previous-rpc-attempts` header.
-    pub previous_rpc_attempts: Option<String>,
-    /// Raw `grpc-timeout` header.
-    pub grpc_timeout: Option<String>,
-    /// `grpc_timeout` parsed by [`parse_grpc_timeout`]; `None` if missing
-    /// or malformed.
-    pub grpc_timeout_parsed: Option<Duration>,
-    /// Sum of the request message lengths (5-byte frame prefixes excluded)
-    /// read so far. Stays 0 for `early` actions.
-    pub request_bytes: u64,
-    /// Number of request messages read so far.
-    pub request_messages: u32,
-    /// The handler ran to the end: the whole scripted response (including a
-    /// scripted reset) was produced.
-    pub completed: bool,
-    /// The handler was dropped before completing, e.g. because the client
-    /// reset the stream during a delay.
-    pub cancelled: bool,
-    /// The action chosen for this attempt; `None` if `x-fault` was invalid.
-    pub action: Option<FaultAction>,
-    /// All request headers (metadata) as received.
-    pub headers: HeaderMap,
-}
-
-/// The error [`EchoService`] returns for a scripted `reset`: it makes the
-/// HTTP/2 server reset the stream (`RST_STREAM`) instead of responding. Its
-/// source is the `h2::Error` carrying the reset reason, which hyper uses as
-/// the `RST_STREAM` error code.
-#[derive(Debug)]
-pub struct ResetStream {
-    reason: h2::Error,
-}
-
-impl ResetStream {
-    /// A reset with HTTP/2 error code `reason` (2 is `INTERNAL_ERROR`).
-    pub fn new(reason: u32) -> Self {
-        Self {
-            reason: h2::Error::from(h2::Reason::from(reason)),
-        }
-    }
-
-    /// The HTTP/2 error code of the reset.
-    pub fn reason(&self) -> u32 {
-        self.reason.reason().map_or(2, u32::from)
-    }
-}
-
-impl fmt::Display for ResetStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "scripted stream reset with HTTP/2 error code {}",
-            self.reason()
-        )
-    }
-}
-
-impl std::error::Error for ResetStream {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.reason)
-    }
-}
-
-type Record = Arc<Mutex<AttemptRecord>>;
 
 #[derive(Default)]
 struct Calls {
@@ -144,10 +66,6 @@ impl fmt::Debug for EchoService {
             .field("total_attempts", &self.total_attempts())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EchoService {
@@ -285,40 +203,6 @@ impl Method {
             "ServerStream" => Some(Method::ServerStream),
             "Bidi" => Some(Method::Bidi),
             _ => None,
-        }
-    }
-}
-
-/// Marks the record cancelled when dropped before [`AttemptGuard::complete`].
-struct AttemptGuard {
-    record: Record,
-    done: bool,
-}
-
-impl AttemptGuard {
-    fn update(&self, f: impl FnOnce(&mut AttemptRecord)) {
-        f(&mut lock(&self.record));
-    }
-
-    fn add_message(&self, len: usize) {
-        self.update(|r| {
-            r.request_bytes = r
-                .request_bytes
-                .saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
-            r.request_messages = r.request_messages.saturating_add(1);
-        });
-    }
-
-    fn complete(mut self) {
-        self.done = true;
-        self.update(|r| r.completed = true);
-    }
-}
-
-impl Drop for AttemptGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            self.update(|r| r.cancelled = true);
         }
     }
 }
@@ -643,234 +527,5 @@ fn append_extra(headers: &mut HeaderMap, action: &FaultAction) {
         ) {
             headers.append(name, value);
         }
-    }
-}
-
-enum Step {
-    Data(Bytes),
-    Sleep(Duration),
-    Trailers(HeaderMap),
-    Reset(u32),
-}
-
-/// A response body that plays a fixed list of steps.
-struct ScriptedBody {
-    steps: VecDeque<Step>,
-    sleep: Option<Pin<Box<Sleep>>>,
-    guard: Option<AttemptGuard>,
-}
-
-impl ScriptedBody {
-    fn new(steps: VecDeque<Step>, guard: AttemptGuard) -> Self {
-        Self {
-            steps,
-            sleep: None,
-            guard: Some(guard),
-        }
-    }
-
-    fn finish(&mut self) {
-        self.steps.clear();
-        if let Some(guard) = self.guard.take() {
-            guard.complete();
-        }
-    }
-}
-
-impl http_body::Body for ScriptedBody {
-    type Data = Bytes;
-    type Error = ResetStream;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResetStream>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(sleep) = &mut this.sleep {
-                ready!(sleep.as_mut().poll(cx));
-                this.sleep = None;
-            }
-            match this.steps.pop_front() {
-                None => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Some(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Some(Step::Sleep(d)) => {
-                    if !d.is_zero() {
-                        this.sleep = Some(Box::pin(tokio::time::sleep(d)));
-                    }
-                }
-                Some(Step::Trailers(trailers)) => {
-                    this.finish();
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                Some(Step::Reset(reason)) => {
-                    this.finish();
-                    return Poll::Ready(Some(Err(ResetStream::new(reason))));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.guard.is_none()
-    }
-}
-
-enum BidiState {
-    Reading,
-    Pausing,
-    Trailers,
-    Done,
-}
-
-/// An echo that reads the request while its response body is polled (the
-/// response headers went out first): for `Bidi`, one response per request
-/// message as it arrives; otherwise one response, at the request's end.
-struct BidiBody {
-    request: Body,
-    decoder: FrameDecoder,
-    attempt: usize,
-    state: BidiState,
-    trailers: Option<HeaderMap>,
-    body_delay: Duration,
-    /// Waited before each request message is taken.
-    read_delay: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    read_sleep: Option<Pin<Box<Sleep>>>,
-    /// The single response being put together (not `Bidi`).
-    collected: Option<EchoResponse>,
-    guard: Option<AttemptGuard>,
-}
-
-impl BidiBody {
-    fn fail(&mut self, status: &Status) {
-        let mut headers = HeaderMap::new();
-        if status.add_header(&mut headers).is_err() {
-            headers.insert("grpc-status", HeaderValue::from(status.code() as i32));
-        }
-        self.trailers = Some(headers);
-        self.state = BidiState::Trailers;
-    }
-
-    /// The response to one request message, or `None` after `fail` (or
-    /// when the response is collected for the end).
-    fn answer(&mut self, msg: &Bytes) -> Option<Bytes> {
-        self.guard.as_ref()?.add_message(msg.len());
-        let request = match EchoRequest::decode(msg.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(&Status::internal(format!(
-                    "test server could not decode EchoRequest: {e}"
-                )));
-                return None;
-            }
-        };
-        let (request_bytes, request_messages) = {
-            let record = lock(&self.guard.as_ref()?.record);
-            (record.request_bytes, record.request_messages)
-        };
-        if let Some(collected) = &mut self.collected {
-            collected.payload.extend_from_slice(&request.payload);
-            collected.text.push_str(&request.text);
-            collected.request_bytes = request_bytes;
-            collected.request_messages = request_messages;
-            return None;
-        }
-        Some(encode_frame(&EchoResponse {
-            payload: request.payload,
-            text: request.text,
-            attempt: u32::try_from(self.attempt).unwrap_or(u32::MAX),
-            request_bytes,
-            request_messages,
-        }))
-    }
-}
-
-impl http_body::Body for BidiBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        loop {
-            match this.state {
-                BidiState::Reading => {
-                    if let Some(sleep) = &mut this.read_sleep {
-                        ready!(sleep.as_mut().poll(cx));
-                        this.read_sleep = None;
-                    }
-                    match this.decoder.next_message() {
-                        Ok(Some(msg)) => {
-                            if !this.read_delay.is_zero() {
-                                this.read_sleep =
-                                    Some(Box::pin(tokio::time::sleep(this.read_delay)));
-                            }
-                            if let Some(frame) = this.answer(&msg) {
-                                return Poll::Ready(Some(Ok(Frame::data(frame))));
-                            }
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            this.fail(&e.into_status());
-                            continue;
-                        }
-                    }
-                    match ready!(Pin::new(&mut this.request).poll_frame(cx)) {
-                        Some(Ok(frame)) => {
-                            if let Ok(data) = frame.into_data() {
-                                this.decoder.push(&data);
-                            }
-                        }
-                        Some(Err(e)) => {
-                            // The client went away; nobody will read trailers.
-                            this.fail(&Status::cancelled(format!("request body failed: {e}")));
-                        }
-                        None if this.decoder.has_partial() => {
-                            this.fail(&Status::internal("request ended inside a gRPC frame"));
-                        }
-                        None => {
-                            this.state = BidiState::Pausing;
-                            if let Some(collected) = this.collected.take() {
-                                return Poll::Ready(Some(Ok(Frame::data(encode_frame(
-                                    &collected,
-                                )))));
-                            }
-                        }
-                    }
-                }
-                BidiState::Pausing => {
-                    if this.body_delay.is_zero() {
-                        this.state = BidiState::Trailers;
-                        continue;
-                    }
-                    let sleep = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.body_delay)));
-                    ready!(sleep.as_mut().poll(cx));
-                    this.sleep = None;
-                    this.state = BidiState::Trailers;
-                }
-                BidiState::Trailers => {
-                    this.state = BidiState::Done;
-                    if let Some(guard) = this.guard.take() {
-                        guard.complete();
-                    }
-                    let trailers = this.trailers.take().unwrap_or_default();
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                BidiState::Done => return Poll::Ready(None),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, BidiState::Done)
     }
 }
