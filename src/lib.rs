@@ -82,12 +82,13 @@ pub use overload::breaker::{
 };
 pub use overload::budget::{BudgetError, RetryBudget};
 pub use overload::throttle::{RetryThrottle, ThrottleError};
+pub use policy::codes::CodeSet;
 pub use policy::config::{
     ConfigError, HedgingPolicy, MethodConfig, RetryThrottling, ServiceConfig,
 };
 pub use policy::options::CallOptions;
 pub use policy::retry::{
-    Classifier, CodeSet, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_MAX_SERVER_DELAY, DEFAULT_REPLAY_LIMIT,
+    Classifier, DEFAULT_MAX_ATTEMPTS_CAP, DEFAULT_MAX_SERVER_DELAY, DEFAULT_REPLAY_LIMIT,
     DEFAULT_RETRYABLE_CODES, Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder,
 };
 

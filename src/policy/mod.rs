@@ -4,6 +4,7 @@
 //! ([`pushback`]).
 
 pub(crate) mod backoff;
+pub(crate) mod codes;
 pub mod config;
 pub(crate) mod options;
 pub mod pushback;

@@ -39,19 +39,21 @@
 
 pub mod cap;
 mod keep;
+mod polled;
 mod streaming;
+mod tonic_body;
 mod whole;
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
+use self::polled::Polled;
 use self::streaming::{Shared, SharedState, StreamingBody, lock};
 use self::whole::{Whole, WholeBody};
 use crate::BoxError;
@@ -373,63 +375,6 @@ where
     }
 }
 
-/// A request body after the polls [`Replay::start`] makes without waiting.
-enum Polled<B: Body> {
-    /// It ended: at most one chunk and trailers.
-    Whole {
-        data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
-        exact_size: bool,
-    },
-    /// It goes on (or failed, or sent trailers it did not end after): what
-    /// was read comes first.
-    Streaming {
-        body: B,
-        prefetched: Vec<Result<Frame<Bytes>, B::Error>>,
-        exact_size: bool,
-    },
-}
-
-impl<B> Polled<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    /// Polls `body` up to twice, with a no-op waker.
-    #[inline]
-    fn read(mut body: B) -> Self {
-        let exact_size = body.size_hint().exact().is_some();
-        let whole = |data, trailers| Polled::Whole {
-            data,
-            trailers,
-            exact_size,
-        };
-        let mut cx = Context::from_waker(Waker::noop());
-        let prefetched = match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Pending => Vec::new(),
-            Poll::Ready(None) => return whole(None, None),
-            Poll::Ready(Some(Err(error))) => vec![Err(error)],
-            Poll::Ready(Some(Ok(frame))) => match Pin::new(&mut body).poll_frame(&mut cx) {
-                Poll::Ready(None) => match frame.into_data() {
-                    Ok(data) => return whole(Some(data), None),
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => return whole(None, Some(trailers)),
-                        // No other kind of frame exists today; keep it as
-                        // it is.
-                        Err(frame) => vec![Ok(frame)],
-                    },
-                },
-                Poll::Pending => vec![Ok(frame)],
-                Poll::Ready(Some(second)) => vec![Ok(frame), second],
-            },
-        };
-        Polled::Streaming {
-            body,
-            prefetched,
-            exact_size,
-        }
-    }
-}
-
 impl<B> Drop for Replay<B> {
     fn drop(&mut self) {
         match &self.mode {
@@ -512,47 +457,6 @@ where
             BodyKind::Released => SizeHint::default(),
             BodyKind::Streaming(body) => body.size_hint(),
         }
-    }
-}
-
-impl ReplayBody<tonic::body::Body> {
-    /// This attempt's body as the `tonic::body::Body` an inner service
-    /// takes. Its errors become `Status` here, so tonic's `Body::new` takes
-    /// the box as it is instead of wrapping it in one more layer that every
-    /// frame would pass through.
-    #[inline]
-    pub(crate) fn into_tonic(self) -> tonic::body::Body {
-        tonic::body::Body::new(http_body_util::BodyExt::boxed_unsync(TonicReplayBody(self)))
-    }
-}
-
-/// A [`ReplayBody`] whose errors are `Status`, tonic's body error.
-struct TonicReplayBody(ReplayBody<tonic::body::Body>);
-
-impl Body for TonicReplayBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        // A whole body, the common case, yields its frames here, sparing
-        // the frame a move through the general result type.
-        if let BodyKind::Whole(body) = &mut self.0.kind {
-            return Poll::Ready(body.next_frame().map(Ok));
-        }
-        Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map_err(tonic::Status::from_error)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
     }
 }
 

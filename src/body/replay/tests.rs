@@ -5,6 +5,8 @@ use std::task::Wake;
 use http_body_util::BodyExt;
 
 use super::*;
+use http::HeaderMap;
+use std::task::Waker;
 
 /// A body that yields scripted frames, optionally returning Pending once
 /// before each frame, and optionally failing at the end.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use crate::policy::retry::CodeSet;
+use crate::policy::codes::CodeSet;
 
 /// The codes that count as failures when none are configured: the transient
 /// system errors, as for retries.

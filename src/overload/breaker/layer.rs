@@ -19,7 +19,7 @@ use super::state::{BreakerState, Permit, Shared};
 use crate::BoxError;
 use crate::body::response::{OnEnd, ResponseBody, sealed};
 use crate::classify::{self, ResponseKind};
-use crate::policy::retry::CodeSet;
+use crate::policy::codes::CodeSet;
 
 /// A tower [`Layer`] that adds a circuit breaker (see the [module
 /// documentation](crate::breaker) for how it opens and closes).

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use super::ConfigError;
 use super::parse::{parse_code, parse_duration};
-use crate::policy::retry::CodeSet;
+use crate::policy::codes::CodeSet;
 
 /// `obj[key]`, with JSON `null` treated as absent (as in proto3 JSON).
 pub(super) fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {

@@ -24,7 +24,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use self::parse::{parse_code, parse_duration};
-use crate::policy::retry::{CodeSet, RetryPolicy};
+use crate::policy::codes::CodeSet;
+use crate::policy::retry::RetryPolicy;
 
 /// A parsed and validated gRPC service config (gRFC A6).
 ///
