@@ -38,6 +38,7 @@
 //!   attempts read it; a client stream is never collected up front.
 
 pub mod cap;
+mod error;
 mod keep;
 mod polled;
 mod streaming;
@@ -53,6 +54,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+pub use self::error::ReplayError;
 use self::polled::Polled;
 use self::streaming::{Shared, SharedState, StreamingBody, lock};
 use self::whole::{Whole, WholeBody};
@@ -108,30 +110,6 @@ enum BodyKind<B> {
     Released,
     Streaming(StreamingBody<B>),
 }
-
-/// Why a [`ReplayBody`] could not continue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// The call went on without this attempt (it committed to another
-    /// attempt, the request passed a buffer limit while another attempt
-    /// was reading it, or the call ended), so the recorded chunks this
-    /// attempt still needed were released.
-    Released,
-    /// The original body failed while another attempt was reading it.
-    SourceFailed,
-}
-
-impl fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ReplayError::Released => "request replay buffer was released",
-            ReplayError::SourceFailed => "the request body failed in an earlier attempt",
-        })
-    }
-}
-
-impl std::error::Error for ReplayError {}
 
 impl<B> Replay<B> {
     /// A replay that holds nothing and cannot replay: what an empty

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use super::ReplayError;
+use super::error::ReplayError;
 use super::keep::keep;
 use crate::BoxError;
 use crate::body::replay::cap::ChannelBufferCap;

@@ -6,9 +6,12 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tonic::Code;
 
-use super::ConfigError;
-use super::parse::{parse_code, parse_duration};
+use super::error::ConfigError;
+use crate::classify::code_name;
 use crate::policy::codes::CodeSet;
+
+/// The largest duration proto3 accepts: 10 000 years, in seconds.
+const MAX_DURATION_SECS: u64 = 315_576_000_000;
 
 /// `obj[key]`, with JSON `null` treated as absent (as in proto3 JSON).
 pub(super) fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -195,3 +198,122 @@ pub(super) fn display_name(service: &str, method: &str) -> String {
         (false, false) => format!("method {}", quote(&format!("{service}/{method}"))),
     }
 }
+
+/// Parses a proto3 JSON duration: decimal seconds followed by `s`.
+///
+/// The number is unsigned, has digits before and/or after an optional `.`
+/// (at most 9 after it), and nothing else: `"2s"`, `"0.1s"`, `".5s"` and
+/// `"1.000000001s"` are accepted; `"1ms"`, `"-1s"`, `"1.s"`, `"s"`, `""`,
+/// `" 1s"` and `"1.0000000001s"` are not. Values above proto3's limit of
+/// 315 576 000 000 s (10 000 years) are rejected too.
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic_retry::config::parse_duration;
+///
+/// assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+/// assert!(parse_duration("100ms").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let invalid = |why: &str| {
+        format!(
+            "{} is not a valid duration: {why} (expected decimal seconds with an \"s\" suffix, e.g. \"0.1s\")",
+            quote(s)
+        )
+    };
+    if s.starts_with('-') {
+        return Err(invalid("it is negative"));
+    }
+    let Some(number) = s.strip_suffix('s') else {
+        return Err(invalid("it does not end in \"s\""));
+    };
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (number, None),
+    };
+    if !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("the seconds are not a plain decimal number"));
+    }
+    let mut nanos = 0u32;
+    if let Some(fraction) = fraction {
+        if fraction.is_empty() {
+            return Err(invalid("a \".\" must be followed by digits"));
+        }
+        if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("the fraction is not a plain decimal number"));
+        }
+        if fraction.len() > 9 {
+            return Err(invalid("it has more than 9 fractional digits"));
+        }
+        for k in 0..9 {
+            let digit = fraction.as_bytes().get(k).map_or(0, |b| b - b'0');
+            nanos = nanos * 10 + u32::from(digit);
+        }
+    } else if whole.is_empty() {
+        return Err(invalid("it has no digits"));
+    }
+    let mut secs = 0u64;
+    for b in whole.bytes() {
+        secs = secs
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .filter(|v| *v <= MAX_DURATION_SECS)
+            .ok_or_else(|| invalid("it is longer than 315576000000s (10000 years)"))?;
+    }
+    if secs == MAX_DURATION_SECS && nanos > 0 {
+        return Err(invalid("it is longer than 315576000000s (10000 years)"));
+    }
+    Ok(Duration::new(secs, nanos))
+}
+
+/// Parses a status code as A6 writes it: an integer `0..=16`, or a canonical
+/// name in any case (`"UNAVAILABLE"`, `"unavailable"`, `"Unavailable"`).
+///
+/// An integral float such as `14.0` counts as an integer (JSON does not
+/// distinguish them). Strings holding digits (`"14"`), other names, other
+/// numbers and other JSON types are rejected.
+///
+/// ```
+/// use serde_json::json;
+/// use tonic::Code;
+/// use tonic_retry::config::parse_code;
+///
+/// assert_eq!(parse_code(&json!(14)), Ok(Code::Unavailable));
+/// assert_eq!(parse_code(&json!("deadline_exceeded")), Ok(Code::DeadlineExceeded));
+/// assert!(parse_code(&json!("NOPE")).is_err());
+/// ```
+pub fn parse_code(v: &Value) -> Result<Code, String> {
+    match v {
+        Value::Number(n) => {
+            let integer = match n.as_u64() {
+                Some(u) => Some(u),
+                None => n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=16.0).contains(f))
+                    .map(|f| f as u64),
+            };
+            match integer {
+                Some(code @ 0..=16) => Ok(Code::from_i32(code as i32)),
+                _ => Err(format!(
+                    "status code {n} is not an integer from 0 to 16"
+                )),
+            }
+        }
+        Value::String(name) => (0..=16)
+            .map(Code::from_i32)
+            .find(|code| code_name(*code).eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                format!(
+                    "unknown status code name {}; expected a canonical name such as \"UNAVAILABLE\" (any case) or an integer from 0 to 16",
+                    quote(name)
+                )
+            }),
+        other => Err(format!(
+            "expected a status code (an integer from 0 to 16 or a name such as \"UNAVAILABLE\"), got {}",
+            describe(other)
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The parts of the document.
