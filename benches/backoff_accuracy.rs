@@ -20,8 +20,11 @@
 //! is therefore relative to tokio's own timer, measured in the same run:
 //! the p99 gap error may exceed the p99 lateness of a bare
 //! `tokio::time::sleep` of the same durations by at most 0.5 ms (the
-//! round trip and scheduling). The bench reports whether the goal was met
-//! and never fails on it (a loaded machine moves both figures).
+//! round trip and scheduling). The bare sleeps run alongside the calls, one
+//! per call in flight, so that both see the same load: measured alone
+//! afterwards (also printed), the sleeps miss the queueing that 8 calls
+//! and their server cause on 2 workers. The bench reports whether the goal
+//! was met and never fails on it (a loaded machine moves both figures).
 
 mod common;
 
@@ -46,23 +49,26 @@ fn scheduled(n: usize) -> Duration {
     INITIAL.mul_f64(MULTIPLIER.powi(n as i32 - 1)).min(MAX)
 }
 
-/// `IN_FLIGHT` tasks at a time each sleep the whole schedule with bare
-/// `tokio::time::sleep`, like the calls do; returns each sleep's
-/// (elapsed − requested) in ms.
+/// Sleeps the whole schedule with bare `tokio::time::sleep`, like a call's
+/// backoffs; returns each sleep's (elapsed − requested) in ms.
+async fn sleep_schedule() -> Vec<f64> {
+    let mut late = Vec::with_capacity(FAILURES);
+    for n in 1..=FAILURES {
+        let start = Instant::now();
+        tokio::time::sleep(scheduled(n)).await;
+        late.push((start.elapsed().as_secs_f64() - scheduled(n).as_secs_f64()) * 1e3);
+    }
+    late
+}
+
+/// `IN_FLIGHT` tasks at a time each sleep the whole schedule, with nothing
+/// else running; returns each sleep's lateness in ms.
 async fn sleep_lateness(calls: usize) -> Vec<f64> {
     let mut lateness = Vec::with_capacity(calls * FAILURES);
     for chunk in (0..calls).collect::<Vec<_>>().chunks(IN_FLIGHT) {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in chunk {
-            tasks.spawn(async {
-                let mut late = Vec::with_capacity(FAILURES);
-                for n in 1..=FAILURES {
-                    let start = Instant::now();
-                    tokio::time::sleep(scheduled(n)).await;
-                    late.push((start.elapsed().as_secs_f64() - scheduled(n).as_secs_f64()) * 1e3);
-                }
-                late
-            });
+            tasks.spawn(sleep_schedule());
         }
         while let Some(joined) = tasks.join_next().await {
             lateness.extend(joined.expect("task"));
@@ -117,7 +123,15 @@ fn main() {
         set_script(&mut request, "warm-up", &script).expect("script");
         warm.unary(request).await.expect("warm-up call");
 
+        // Bare tokio sleeps of the same schedule, run alongside the calls (one
+        // sleeper per call in flight), so they see the same load: what
+        // tokio's timer alone gives in the same conditions.
+        let mut loaded_lateness_ms = Vec::with_capacity(calls * FAILURES);
         for chunk in (0..calls).collect::<Vec<_>>().chunks(IN_FLIGHT) {
+            let mut sleepers = tokio::task::JoinSet::new();
+            for _ in chunk {
+                sleepers.spawn(sleep_schedule());
+            }
             let mut tasks = tokio::task::JoinSet::new();
             for &i in chunk {
                 let mut client = client.clone();
@@ -134,6 +148,9 @@ fn main() {
             }
             while let Some(joined) = tasks.join_next().await {
                 joined.expect("task");
+            }
+            while let Some(joined) = sleepers.join_next().await {
+                loaded_lateness_ms.extend(joined.expect("sleeper"));
             }
         }
 
@@ -214,14 +231,24 @@ fn main() {
         common::result("backoff_rtt_ms_p50", common::percentile(&mut rtt_ms, 50.0));
         common::result("backoff_rtt_ms_p99", common::percentile(&mut rtt_ms, 99.0));
 
-        // The goal: gaps no later than tokio's own sleep, plus the margin.
+        common::result(
+            "backoff_tokio_sleep_lateness_under_load_ms_p50",
+            common::percentile(&mut loaded_lateness_ms, 50.0),
+        );
+        common::result(
+            "backoff_tokio_sleep_lateness_under_load_ms_p99",
+            common::percentile(&mut loaded_lateness_ms, 99.0),
+        );
+
+        // The goal: gaps no later than tokio's own sleep in the same
+        // conditions (alongside the calls), plus the margin.
         let gap_p99 = common::percentile(&mut errors_ms, 99.0);
-        let goal = common::percentile(&mut lateness_ms, 99.0) + GOAL_MARGIN_MS;
+        let goal = common::percentile(&mut loaded_lateness_ms, 99.0) + GOAL_MARGIN_MS;
         let met = gap_p99 <= goal;
         println!();
         println!(
-            "goal: gap error p99 {gap_p99:.3} ms <= tokio sleep lateness p99 + {GOAL_MARGIN_MS} ms \
-             = {goal:.3} ms: {}",
+            "goal: gap error p99 {gap_p99:.3} ms <= tokio sleep lateness p99 under the same load \
+             + {GOAL_MARGIN_MS} ms = {goal:.3} ms: {}",
             if met { "MET" } else { "NOT MET" }
         );
         common::result("backoff_gap_error_goal_ms", goal);
