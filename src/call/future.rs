@@ -6,8 +6,11 @@
 //! committed response directly. Only when the first attempt fails does it
 //! box the attempt loop (an `async fn`, far easier to read than a hand-made
 //! state machine) and hand over to it. The call's own state stays in its
-//! pooled [`CallKit`](crate::kit::CallKit), which the future points to, so
-//! the happy path allocates no future and moves no large state.
+//! pooled `CallKit`, which the future points to, so the happy path
+//! allocates no future and moves no large state. Measured against the
+//! plain form (every call an `async` block in a `Box`), the hand-written
+//! first attempt saves ~120 ns and one allocation per call (BENCHMARKS.md,
+//! "Mechanisms").
 
 use std::fmt;
 use std::future::Future;

@@ -16,9 +16,11 @@ pub const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
 /// The request heads of attempts after the first: copies of the caller's
 /// head, with the attempt's metadata written in.
 ///
-/// It lives in a pooled [`CallKit`](crate::kit::CallKit) and is refilled
-/// call after call; its lists keep their room, so keeping a request's head
-/// hashes nothing and allocates nothing. The two headers tonic puts in
+/// It lives in a pooled `CallKit` and is refilled call after call; its
+/// lists keep their room, so keeping a request's head hashes nothing and
+/// allocates nothing (a cloned `HeaderMap` and `Extensions`, the plain
+/// form, cost ~170–250 ns more per call; a cloned `HeaderMap` alone ~30 ns:
+/// BENCHMARKS.md, "Mechanisms"). The two headers tonic puts in
 /// every request (`te: trailers`, `content-type: application/grpc`) are
 /// kept as one-byte marks; every other header is a clone of its (shared or
 /// static) name and value. A `HeaderMap` is built only for a retry.
