@@ -28,6 +28,7 @@ impl CallMetrics {
     pub(crate) fn new(_path: &str) -> Self {
         CallMetrics {}
     }
+
     pub(crate) fn retry_scheduled(&mut self, _delay: Duration) {}
     pub(crate) fn attempt_started(&mut self) {}
     pub(crate) fn transparent_retry(&mut self) {}

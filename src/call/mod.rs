@@ -69,6 +69,7 @@ pub(crate) struct Call {
     pub(crate) metrics: CallMetrics,
     pub(crate) span: Span,
 }
+
 impl Call {
     /// The policy this call resolved to.
     #[inline]
@@ -93,6 +94,7 @@ impl Call {
         deadline::set_request_timeout(headers, at.saturating_duration_since(now));
         Some(at)
     }
+
     /// Ends the call with a committed response from `attempt`, whose
     /// request body is `body`: the replay stops recording (the body goes on
     /// sending what it has not sent yet), and the response is returned.
@@ -163,6 +165,9 @@ impl Call {
         http::Response::from_parts(parts, ResponseBody::empty())
     }
 
+    /// A final status the layer surfaces as an error (a transport error as
+    /// tonic would report it, or one the layer made: DEADLINE_EXCEEDED,
+    /// CANCELLED).
     pub(crate) fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
         self.finish(attempt, code_name(status.code()));
         if attempt > 1 {
@@ -173,6 +178,7 @@ impl Call {
         Box::new(status)
     }
 
+    /// Records how the call ended on its span and metrics.
     fn finish(&self, attempt: u32, outcome: &'static str) {
         self.span.record("attempts", attempt);
         self.span.record("outcome", outcome);

@@ -27,6 +27,7 @@ impl Scripted {
             ..Default::default()
         }
     }
+
     fn with_trailers(mut self) -> Self {
         let mut t = HeaderMap::new();
         t.insert("x-checksum", "abc".parse().unwrap());
@@ -56,6 +57,7 @@ impl Body for Scripted {
             None => Poll::Ready(None),
         }
     }
+
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && !self.fail_at_end
     }
@@ -290,6 +292,7 @@ async fn a_replayed_stream_claims_an_exact_size_only_if_the_source_did() {
     drain(replay.body()).await.unwrap();
     assert_eq!(replay.body().size_hint().exact(), Some(5));
 }
+
 /// A body whose `size_hint` is unknown, like tonic's encoded bodies.
 struct Unsized(http_body_util::Full<Bytes>);
 
@@ -643,6 +646,7 @@ impl Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
+
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
