@@ -33,6 +33,7 @@ use tracing::Span;
 
 use super::Call;
 use super::heads::RequestHeads;
+use super::spans::AttemptSpan;
 use super::wait::earliest_duration;
 use crate::body::replay::Replay;
 use crate::metrics::CallMetrics;
@@ -124,8 +125,9 @@ impl CallKit {
                 deadline: None,
                 cancel: None,
                 backoff: Backoff::default(),
-                metrics: CallMetrics::new(""),
+                metrics: CallMetrics::inactive(),
                 span: Span::none(),
+                first_span: AttemptSpan::none(),
             },
             replay: Replay::released(),
             heads: RequestHeads::empty(),
@@ -198,7 +200,9 @@ impl CallKit {
         call.deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
         call.cancel = cancel;
         call.backoff = Backoff::default();
-        call.metrics = CallMetrics::new(request.uri().path());
+        // The call and its first attempt start here, just before it is
+        // sent.
+        call.metrics = CallMetrics::start(&state.metrics, request);
         *request.body_mut() = first_body.into_tonic();
         *kit.first_deadline = call.attempt_deadline(request.headers_mut());
     }
@@ -220,8 +224,11 @@ impl CallKit {
         kit.replay.release_keeping_cap();
         kit.heads.clear();
         kit.call.cancel = None;
-        kit.call.metrics = CallMetrics::new("");
+        kit.call.metrics = CallMetrics::inactive();
         kit.call.span = Span::none();
+        if !kit.call.first_span.is_none() {
+            kit.call.first_span = AttemptSpan::none();
+        }
         kit.timer.set(None);
         kit.cancelled.set(None);
     }
