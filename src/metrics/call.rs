@@ -132,14 +132,14 @@ impl CallMetrics {
     /// A6 throttling refused a retry or hedge.
     pub(crate) fn throttled(&mut self) {
         if let Some(handles) = &self.handles {
-            handles.throttled.increment(1);
+            handles.throttled().increment(1);
         }
     }
 
     /// The retry budget refused a retry or hedge.
     pub(crate) fn budget_exhausted(&mut self) {
         if let Some(handles) = &self.handles {
-            handles.budget_exhausted.increment(1);
+            handles.budget_exhausted().increment(1);
         }
     }
 
@@ -172,15 +172,15 @@ impl CallMetrics {
         // for transparent retries and hedges). It makes no such exception
         // for the delay, which is recorded for every call.
         if self.retries > 0 {
-            handles.retries.record(f64::from(self.retries));
+            handles.retries().record(f64::from(self.retries));
         }
         if self.transparent_retries > 0 {
             handles
-                .transparent_retries
+                .transparent_retries()
                 .record(f64::from(self.transparent_retries));
         }
         if self.hedges > 0 {
-            handles.hedges.record(f64::from(self.hedges));
+            handles.hedges().record(f64::from(self.hedges));
         }
         handles.retry_delay.record(self.delay.as_secs_f64());
     }

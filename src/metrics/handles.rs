@@ -41,19 +41,23 @@ const CODES: usize = 17;
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// Every handle one method's calls record into, through one layer.
+/// Every handle one method's calls record into, through one layer. Those
+/// every call records are registered with it; the others the first time
+/// they are recorded, so that a recorder holds no series that never had a
+/// value (A96: a call without retries reports nothing, not even an empty
+/// series).
 pub(crate) struct MethodHandles {
     method: String,
     target: Arc<str>,
     pub(crate) attempt_started: Counter,
+    pub(crate) retry_delay: Histogram,
     attempt_duration: [OnceLock<Histogram>; CODES],
     call_duration: [OnceLock<Histogram>; CODES],
-    pub(crate) retries: Histogram,
-    pub(crate) transparent_retries: Histogram,
-    pub(crate) hedges: Histogram,
-    pub(crate) retry_delay: Histogram,
-    pub(crate) throttled: Counter,
-    pub(crate) budget_exhausted: Counter,
+    retries: OnceLock<Histogram>,
+    transparent_retries: OnceLock<Histogram>,
+    hedges: OnceLock<Histogram>,
+    throttled: OnceLock<Counter>,
+    budget_exhausted: OnceLock<Counter>,
 }
 
 impl MethodHandles {
@@ -61,14 +65,14 @@ impl MethodHandles {
         let labels = labels(&method, &target);
         MethodHandles {
             attempt_started: counter(CLIENT_ATTEMPT_STARTED, labels.clone()),
+            retry_delay: histogram(CLIENT_CALL_RETRY_DELAY, labels),
             attempt_duration: Default::default(),
             call_duration: Default::default(),
-            retries: histogram(CLIENT_CALL_RETRIES, labels.clone()),
-            transparent_retries: histogram(CLIENT_CALL_TRANSPARENT_RETRIES, labels.clone()),
-            hedges: histogram(CLIENT_CALL_HEDGES, labels.clone()),
-            retry_delay: histogram(CLIENT_CALL_RETRY_DELAY, labels.clone()),
-            throttled: counter(THROTTLED, labels.clone()),
-            budget_exhausted: counter(BUDGET_EXHAUSTED, labels),
+            retries: OnceLock::new(),
+            transparent_retries: OnceLock::new(),
+            hedges: OnceLock::new(),
+            throttled: OnceLock::new(),
+            budget_exhausted: OnceLock::new(),
             method,
             target,
         }
@@ -82,6 +86,32 @@ impl MethodHandles {
     /// `grpc.client.call.duration` for calls that ended with `code`.
     pub(crate) fn call_duration(&self, code: Code) -> &Histogram {
         self.by_status(&self.call_duration, CLIENT_CALL_DURATION, code)
+    }
+
+    pub(crate) fn retries(&self) -> &Histogram {
+        self.histogram(&self.retries, CLIENT_CALL_RETRIES)
+    }
+
+    pub(crate) fn transparent_retries(&self) -> &Histogram {
+        self.histogram(&self.transparent_retries, CLIENT_CALL_TRANSPARENT_RETRIES)
+    }
+
+    pub(crate) fn hedges(&self) -> &Histogram {
+        self.histogram(&self.hedges, CLIENT_CALL_HEDGES)
+    }
+
+    pub(crate) fn throttled(&self) -> &Counter {
+        self.throttled
+            .get_or_init(|| counter(THROTTLED, labels(&self.method, &self.target)))
+    }
+
+    pub(crate) fn budget_exhausted(&self) -> &Counter {
+        self.budget_exhausted
+            .get_or_init(|| counter(BUDGET_EXHAUSTED, labels(&self.method, &self.target)))
+    }
+
+    fn histogram<'a>(&'a self, slot: &'a OnceLock<Histogram>, name: &'static str) -> &'a Histogram {
+        slot.get_or_init(|| histogram(name, labels(&self.method, &self.target)))
     }
 
     fn by_status<'a>(
