@@ -427,6 +427,51 @@ fn an_attempt_past_its_per_attempt_timeout_ends_deadline_exceeded() {
 }
 
 #[test]
+fn an_attempt_past_the_call_s_deadline_ends_deadline_exceeded() {
+    let recorded = recorded(|| async {
+        let server = TestServer::start().await.unwrap();
+        let mut client = targeted(&server, exact_policy()).await;
+        let mut request = scripted("c", &[FaultAction::ok().delay_ms(2_000)]);
+        request.set_timeout(Duration::from_millis(50));
+        let status = client.unary(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+    });
+    recorded.assert_only(&[
+        attempts_started(),
+        attempt_duration("DEADLINE_EXCEEDED"),
+        call_duration("DEADLINE_EXCEEDED"),
+        retry_delay(),
+    ]);
+    let attempt = recorded.histogram(&attempt_duration("DEADLINE_EXCEEDED"));
+    assert!(attempt[0] >= 0.05 && attempt[0] < 1.0, "{attempt:?}");
+}
+
+#[test]
+fn an_attempt_reset_by_the_server_ends_with_the_reset_s_code() {
+    let recorded = recorded(|| async {
+        let server = TestServer::start().await.unwrap();
+        let mut client = targeted(&server, exact_policy()).await;
+        // Reset before any response (INTERNAL_ERROR: tonic says INTERNAL,
+        // not retryable), and reset after the headers (committed).
+        for (id, reset) in [
+            ("before", FaultAction::reset()),
+            ("after", FaultAction::reset().headers_first()),
+        ] {
+            let status = client.unary(scripted(id, &[reset])).await.unwrap_err();
+            assert_eq!(status.code(), Code::Internal, "{id}");
+        }
+    });
+    recorded.assert_only(&[
+        attempts_started(),
+        attempt_duration("INTERNAL"),
+        call_duration("INTERNAL"),
+        retry_delay(),
+    ]);
+    assert_eq!(recorded.histogram(&attempt_duration("INTERNAL")).len(), 2);
+    assert_eq!(recorded.histogram(&call_duration("INTERNAL")).len(), 2);
+}
+
+#[test]
 fn an_unnamed_method_is_recorded_as_other_unless_raw_names_are_asked_for() {
     /// One call over tonic's `Grpc` client with a raw path: no
     /// `GrpcMethod` extension, as a proxy or a probe sends it.

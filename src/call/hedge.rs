@@ -70,7 +70,11 @@ impl Call {
         let mut in_flight = FuturesUnordered::new();
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
-        let mut launch = move |n: u32, id: AttemptId, transparent: bool, this: &Call| {
+        // Attempt `n`, whose span will be `spans[k]`: the span stays with
+        // the loop, which ends it with the attempt's status, also for the
+        // attempts still in flight when the call ends (a lost race, the
+        // deadline, a cancellation).
+        let mut launch = move |n: u32, k: usize, id: AttemptId, transparent: bool, this: &Call| {
             // The call's deadline covers every hedge, and so does the
             // per-attempt timeout; `grpc-timeout` carries the earlier.
             let (request, body, deadline) = match first.take() {
@@ -90,23 +94,24 @@ impl Call {
             let (mut service, ready) = first_service
                 .take()
                 .unwrap_or_else(|| (spare.clone(), Ok(false)));
-            // Returned with the result, so the loop ends it with its
-            // status; dropped with a hedge that lost, it says CANCELLED.
             let span = AttemptSpan::new(None, request.uri(), request.extensions(), n, transparent);
-            let instrumented = span.span().clone();
-            async move {
+            let attempt = async move {
                 let result = tokio::select! {
                     biased;
                     result = send(&mut service, ready, request) => result.map_err(AttemptError::Failed),
                     () = sleep_until(deadline) => Err(AttemptError::TimedOut),
                 };
-                (n, body, result, id, span)
+                (n, body, result, id, k)
             }
-            .instrument(instrumented)
+            .instrument(span.span().clone());
+            (attempt, span)
         };
+        let mut spans: Vec<AttemptSpan> = Vec::new();
 
         // The first attempt started with the call.
-        in_flight.push(launch(1, AttemptId::FIRST, false, self));
+        let (attempt, span) = launch(1, spans.len(), AttemptId::FIRST, false, self);
+        spans.push(span);
+        in_flight.push(attempt);
         let mut sent: u32 = 1;
         let delay = hedging.hedging_delay;
         // `None` is "no timed hedge": none left, or a delay too long to time
@@ -154,16 +159,19 @@ impl Call {
             tokio::select! {
                 biased;
                 () = cancelled(self.cancel.as_ref()) => {
+                    end_all(&mut spans, Code::Cancelled);
                     return Err(self.surface_status(cancelled_status(), sent));
                 }
                 () = sleep_until(self.deadline) => {
+                    end_all(&mut spans, Code::DeadlineExceeded);
                     let status = Status::deadline_exceeded(format!(
                         "call deadline exceeded with {} of {sent} hedged attempts in flight",
                         in_flight.len()
                     ));
                     return Err(self.surface_status(status, sent));
                 }
-                Some((n, body, result, id, mut span)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((n, body, result, id, k)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut span = spans.get_mut(k).map(std::mem::take).unwrap_or_default();
                     let result = match result {
                         Ok(response) => Ok(response),
                         Err(AttemptError::Failed(error)) => Err(error),
@@ -179,6 +187,7 @@ impl Call {
                             // The winner. Dropping `in_flight` on return
                             // cancels every other attempt: they lost.
                             self.metrics.end_other_attempts(id, Code::Cancelled);
+                            end_all(&mut spans, Code::Cancelled);
                             return Ok(self.commit(replay, body, response, n, span, ended));
                         }
                         Outcome::Commit(..) => {
@@ -199,7 +208,9 @@ impl Call {
                             span.ended(Code::Unavailable);
                             self.metrics.attempt_ended(id, Code::Unavailable);
                             let id = self.metrics.attempt_started(AttemptKind::Transparent);
-                            in_flight.push(launch(n, id, true, self));
+                            let (attempt, span) = launch(n, spans.len(), id, true, self);
+                            spans.push(span);
+                            in_flight.push(attempt);
                             continue;
                         }
                         Outcome::Refused(error) => Failure::from_error(error),
@@ -224,6 +235,7 @@ impl Call {
                         debug!(attempt = n, code = code_name(code), "fatal status ends the hedged call");
                         // The hedges still in flight lost to it.
                         self.metrics.end_other_attempts(AttemptId::UNTRACKED, Code::Cancelled);
+                        end_all(&mut spans, Code::Cancelled);
                         return self.surface_failure(failure, n);
                     }
                     // Non-fatal: it costs a throttling token, and the next
@@ -250,7 +262,9 @@ impl Call {
                         sent += 1;
                         debug!(attempt = sent, "sending a hedge");
                         let id = self.metrics.attempt_started(AttemptKind::Hedge);
-                        in_flight.push(launch(sent, id, false, self));
+                        let (attempt, span) = launch(sent, spans.len(), id, false, self);
+                        spans.push(span);
+                        in_flight.push(attempt);
                         next_hedge = if sent < self.max_attempts {
                             instant_after(Instant::now(), delay)
                         } else {
@@ -286,5 +300,12 @@ impl Call {
             return false;
         }
         true
+    }
+}
+
+/// Ends the span of every attempt still in flight with `code`.
+fn end_all(spans: &mut [AttemptSpan], code: Code) {
+    for span in spans {
+        span.ended(code);
     }
 }

@@ -19,10 +19,33 @@
 //! | `tonic_retry.budget_exhausted` | counter | | method, target | when the retry budget refuses a retry or hedge |
 //!
 //! Names, label keys, units and recommended buckets are constants in this
-//! module; [`HISTOGRAM_BUCKETS`] pairs each histogram with its buckets
-//! (A96's `[1, 2, 3, 4, 5]` for retries and hedges, `[1, 2, 3, 4, 5, 10]`
-//! for transparent retries, A66's latency buckets for durations), ready for
-//! an exporter's per-metric bucket setting.
+//! module.
+//!
+//! # Buckets
+//!
+//! The `metrics` facade carries no bucket hints: buckets are set where the
+//! exporter is built. [`HISTOGRAM_BUCKETS`] pairs each histogram with the
+//! boundaries the gRFCs recommend (A96's `[1, 2, 3, 4, 5]` for retries and
+//! hedges, `[1, 2, 3, 4, 5, 10]` for transparent retries, A66's latency
+//! buckets for every duration), ready for an exporter's per-metric setting;
+//! with `metrics-exporter-prometheus`:
+//!
+//! ```
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//!
+//! let mut builder = PrometheusBuilder::new();
+//! for (name, buckets) in tonic_retry::metrics::HISTOGRAM_BUCKETS {
+//!     builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
+//! }
+//! let prometheus = builder.install_recorder()?; // before the layer's first call
+//! // ... calls through the layer ...
+//! println!("{}", prometheus.render());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! (`examples/metrics.rs` runs exactly this.) The exporter is not a
+//! dependency of this crate: a library's feature should not choose its
+//! users' exporter. OpenTelemetry users set the same boundaries in a view.
 //!
 //! # Labels
 //!

@@ -1,24 +1,6 @@
 //! The names, units, label keys and recommended buckets of every metric the
-//! layer records, as gRFC A66 and A96 define them, for dashboards and for
-//! configuring an exporter.
-//!
-//! The `metrics` facade takes no bucket hints, so buckets are set where the
-//! exporter is built. [`HISTOGRAM_BUCKETS`] pairs every histogram with the
-//! boundaries the gRFCs recommend; with `metrics-exporter-prometheus`:
-//!
-//! ```ignore
-//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-//!
-//! let mut builder = PrometheusBuilder::new();
-//! for (name, buckets) in tonic_retry::metrics::HISTOGRAM_BUCKETS {
-//!     builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
-//! }
-//! let handle = builder.install_recorder()?;
-//! ```
-//!
-//! (`examples/metrics.rs` runs exactly this.) The exporter is not a
-//! dependency of this crate: a library's `metrics` feature should not choose
-//! its users' exporter.
+//! layer records, as gRFC A66 and A96 define them (re-exported by the
+//! `metrics` module, whose documentation shows how to apply the buckets).
 
 /// `grpc.client.attempt.started` (A66): counter of attempts started,
 /// transparent retries included. Unit [`UNIT_ATTEMPT`]; labels
@@ -107,7 +89,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Every histogram the layer records, with its recommended bucket
 /// boundaries: what an exporter's per-metric bucket setting takes (see the
-/// [module documentation](self)).
+/// [module documentation](crate::metrics#buckets)).
 pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (CLIENT_ATTEMPT_DURATION, LATENCY_BUCKETS),
     (CLIENT_CALL_DURATION, LATENCY_BUCKETS),

@@ -103,6 +103,17 @@ fn call_under(
     script: &[Option<Code>],
     named: bool,
 ) -> (Vec<Seen>, Code) {
+    call_with_timeout(level, layer, script, named, None)
+}
+
+/// As [`call_under`], with `grpc-timeout` set to `timeout`.
+fn call_with_timeout(
+    level: LevelFilter,
+    layer: RetryLayer,
+    script: &[Option<Code>],
+    named: bool,
+    timeout: Option<&'static str>,
+) -> (Vec<Seen>, Code) {
     let spans = Spans::default();
     let subscriber = tracing_subscriber::registry().with(spans.clone().with_filter(level));
     let script: Script = Arc::new(Mutex::new(script.iter().copied().collect()));
@@ -130,9 +141,17 @@ fn call_under(
                     .extensions_mut()
                     .insert(tonic::GrpcMethod::new("pkg.Svc", "Method"));
             }
-            let response = service.oneshot(request).await.unwrap();
-            let status = response.headers()["grpc-status"].to_str().unwrap();
-            Code::from_i32(status.parse().unwrap())
+            if let Some(timeout) = timeout {
+                let value = http::HeaderValue::from_static(timeout);
+                request.headers_mut().insert("grpc-timeout", value);
+            }
+            match service.oneshot(request).await {
+                Ok(response) => {
+                    let status = response.headers()["grpc-status"].to_str().unwrap();
+                    Code::from_i32(status.parse().unwrap())
+                }
+                Err(error) => error.downcast::<tonic::Status>().unwrap().code(),
+            }
         })
     });
     let seen = spans.0.lock().unwrap().0.clone();
@@ -244,6 +263,24 @@ fn a_hedge_that_loses_the_race_is_a_cancelled_attempt_span() {
     assert_eq!(seen[2].get("attempt"), Some("2"));
     assert_eq!(seen[2].get("rpc.grpc.status_code"), Some("0"));
     assert_eq!(seen[0].get("attempts"), Some("2"));
+}
+
+#[test]
+fn hedges_in_flight_at_the_deadline_end_deadline_exceeded() {
+    // Neither attempt answers; the call's 50 ms deadline ends both.
+    let layer = RetryLayer::hedging(HedgingPolicy {
+        max_attempts: 2,
+        hedging_delay: Duration::from_millis(10),
+        non_fatal_codes: [Code::Unavailable].into_iter().collect::<CodeSet>(),
+        per_attempt_timeout: None,
+    });
+    let (seen, code) =
+        call_with_timeout(LevelFilter::DEBUG, layer, &[None, None], true, Some("50m"));
+    assert_eq!(code, Code::DeadlineExceeded);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for span in &seen {
+        assert_eq!(span.get("rpc.grpc.status_code"), Some("4"), "{span:?}");
+    }
 }
 
 #[test]
