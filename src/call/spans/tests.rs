@@ -37,8 +37,15 @@ impl Seen {
     }
 }
 
+/// Every span seen, and where each live span's id points in that list.
+#[derive(Default)]
+struct SpansSeen {
+    spans: Vec<Seen>,
+    by_id: HashMap<u64, usize>,
+}
+
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<(Vec<Seen>, HashMap<u64, usize>)>>);
+struct Spans(Arc<Mutex<SpansSeen>>);
 
 struct Fields<'a>(&'a mut Vec<String>);
 
@@ -63,21 +70,21 @@ where
         let mut fields = Vec::new();
         attrs.record(&mut Fields(&mut fields));
         let mut seen = self.0.lock().unwrap();
-        let index = seen.0.len();
-        seen.0.push(Seen {
+        let index = seen.spans.len();
+        seen.spans.push(Seen {
             name: attrs.metadata().name(),
             parent,
             fields,
         });
         // Ids are reused once a span closes; a record only ever goes to
         // the live span with that id.
-        seen.1.insert(id.into_u64(), index);
+        seen.by_id.insert(id.into_u64(), index);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
         let mut seen = self.0.lock().unwrap();
-        if let Some(&index) = seen.1.get(&id.into_u64()) {
-            values.record(&mut Fields(&mut seen.0[index].fields));
+        if let Some(&index) = seen.by_id.get(&id.into_u64()) {
+            values.record(&mut Fields(&mut seen.spans[index].fields));
         }
     }
 }
@@ -154,7 +161,7 @@ fn call_with_timeout(
             }
         })
     });
-    let seen = spans.0.lock().unwrap().0.clone();
+    let seen = spans.0.lock().unwrap().spans.clone();
     (seen, code)
 }
 
