@@ -547,6 +547,32 @@ fn a_layer_without_a_target_labels_its_calls_unknown() {
 }
 
 #[test]
+fn calls_through_two_layers_on_one_thread_keep_their_own_targets() {
+    const OTHER: &str = "dns:///other.test:443";
+    let recorded = recorded(|| async {
+        // One thread, so both layers' calls go through the same pooled
+        // call state, alternately.
+        let server = TestServer::start().await.unwrap();
+        let mut first = targeted(&server, exact_policy()).await;
+        let layer = RetryLayer::builder(exact_policy().build().unwrap())
+            .target(OTHER)
+            .build();
+        let mut second = layered(channel(&server).await, layer);
+        for i in 0..3 {
+            let ok = [FaultAction::ok()];
+            first.unary(scripted(&format!("a{i}"), &ok)).await.unwrap();
+            second.unary(scripted(&format!("b{i}"), &ok)).await.unwrap();
+        }
+    });
+    let other = Metric {
+        labels: labels(METHOD, OTHER, None),
+        ..attempts_started()
+    };
+    assert_eq!(recorded.counter(&attempts_started()), 3);
+    assert_eq!(recorded.counter(&other), 3);
+}
+
+#[test]
 fn a_call_dropped_mid_backoff_is_recorded_as_cancelled_with_its_wait_as_delay() {
     let recorded = recorded(|| async {
         let server = TestServer::start().await.unwrap();

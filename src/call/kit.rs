@@ -36,7 +36,7 @@ use super::heads::RequestHeads;
 use super::spans::AttemptSpan;
 use super::wait::earliest_duration;
 use crate::body::replay::Replay;
-use crate::metrics::CallMetrics;
+use crate::metrics::{CallMetrics, HandlesMemo};
 use crate::policy::backoff::Backoff;
 use crate::policy::options::CallOptions;
 use crate::policy::retry::DEFAULT_MAX_ATTEMPTS_CAP;
@@ -51,6 +51,9 @@ pin_project! {
         pub(crate) replay: Replay<Body>,
         // The request head, kept for later attempts.
         pub(crate) heads: RequestHeads,
+        // The metric handles of the last call through this kit, kept like
+        // the layer state (nothing without the `metrics` feature).
+        metrics_memo: HandlesMemo,
         // When the first attempt must end.
         pub(crate) first_deadline: Option<Instant>,
         // The first attempt's deadline timer, created when it first waits.
@@ -84,7 +87,9 @@ pub(crate) fn take(state: &Arc<LayerState>) -> KitBox {
     match pooled {
         Some(mut kit) => {
             if !Arc::ptr_eq(&kit.call.state, state) {
-                kit.as_mut().project().call.state = state.clone();
+                let kit = kit.as_mut().project();
+                kit.call.state = state.clone();
+                kit.metrics_memo.forget();
             }
             kit
         }
@@ -131,6 +136,7 @@ impl CallKit {
             },
             replay: Replay::released(),
             heads: RequestHeads::empty(),
+            metrics_memo: HandlesMemo::default(),
             first_deadline: None,
             timer: None,
             cancelled: None,
@@ -202,7 +208,12 @@ impl CallKit {
         call.backoff = Backoff::default();
         // The call and its first attempt start here, just before it is
         // sent.
-        call.metrics = CallMetrics::start(&state.metrics, request);
+        call.metrics = CallMetrics::start(
+            &state.metrics,
+            kit.metrics_memo,
+            kit.heads.grpc_method(),
+            request.uri().path(),
+        );
         *request.body_mut() = first_body.into_tonic();
         *kit.first_deadline = call.attempt_deadline(request.headers_mut());
     }

@@ -21,6 +21,7 @@
 //! memory stays bounded.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Once, OnceLock, RwLock};
 
 use ::metrics::{Counter, Histogram, Key, Label, Level, Metadata, Unit};
@@ -202,6 +203,21 @@ fn describe() {
     });
 }
 
+/// The handles a pooled call kit found last, with their method's key: the
+/// next call of the same method through the same layer (most calls, on a
+/// thread that serves one client) takes them from here, without the
+/// layer's lock and map. The kit forgets them when it serves another
+/// layer, whose target differs.
+#[derive(Default)]
+pub(crate) struct HandlesMemo(Option<(NamedKey, Arc<MethodHandles>)>);
+
+impl HandlesMemo {
+    /// Forgets the handles: they belong to another layer.
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// The metric settings of one layer, and the handles its calls found.
 pub(crate) struct LayerMetrics {
     target: Arc<str>,
@@ -212,11 +228,44 @@ pub(crate) struct LayerMetrics {
 
 /// A named method's key: the addresses and lengths of its service and
 /// method names.
-type NamedKey = [usize; 4];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NamedKey([usize; 4]);
+
+impl Hash for NamedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for word in self.0 {
+            state.write_usize(word);
+        }
+    }
+}
+
+/// Hashes a [`NamedKey`]'s four words with a multiply each, where SipHash
+/// took more time than the rest of the lookup: addresses are nobody's
+/// choice, so the map needs no defence against chosen keys (raw paths,
+/// which a caller chooses, keep the standard hasher).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_usize(usize::from(byte));
+        }
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        // FxHash's step: rotate, mix in, multiply by a large odd constant.
+        self.0 = (self.0.rotate_left(5) ^ word as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 #[derive(Default)]
 struct Cache {
-    named: HashMap<NamedKey, Arc<MethodHandles>>,
+    named: HashMap<NamedKey, Arc<MethodHandles>, BuildHasherDefault<WordHasher>>,
     raw: HashMap<Box<str>, Arc<MethodHandles>>,
     other: Option<Arc<MethodHandles>>,
 }
@@ -248,12 +297,12 @@ impl Cache {
 }
 
 fn named_key(service: &str, method: &str) -> NamedKey {
-    [
+    NamedKey([
         service.as_ptr() as usize,
         service.len(),
         method.as_ptr() as usize,
         method.len(),
-    ]
+    ])
 }
 
 impl LayerMetrics {
@@ -268,10 +317,35 @@ impl LayerMetrics {
         }
     }
 
-    /// The handles of `request`'s method: found, or registered now (once
-    /// per method).
-    pub(crate) fn handles<B>(&self, request: &http::Request<B>) -> Arc<MethodHandles> {
-        let method = MethodLabel::of(request, self.raw_method_names);
+    /// The handles of a call with `grpc_method` (its `tonic::GrpcMethod`,
+    /// if any) to `path`: the `memo`'s, if it holds this method's (no lock,
+    /// no map); else found in the map, or registered now (once per method).
+    pub(crate) fn handles(
+        &self,
+        memo: &mut HandlesMemo,
+        grpc_method: Option<&tonic::GrpcMethod<'static>>,
+        path: &str,
+    ) -> Arc<MethodHandles> {
+        let method = MethodLabel::new(grpc_method, path, self.raw_method_names);
+        let MethodLabel::Named {
+            service,
+            method: name,
+        } = method
+        else {
+            return self.lookup(method);
+        };
+        let key = named_key(service, name);
+        if let Some((memo_key, handles)) = &memo.0
+            && *memo_key == key
+        {
+            return handles.clone();
+        }
+        let handles = self.lookup(method);
+        memo.0 = Some((key, handles.clone()));
+        handles
+    }
+
+    fn lookup(&self, method: MethodLabel<'_>) -> Arc<MethodHandles> {
         if let Ok(cache) = self.cache.read()
             && let Some(handles) = cache.get(method)
         {
@@ -313,29 +387,32 @@ impl std::fmt::Debug for LayerMetrics {
 mod tests {
     use super::*;
 
-    fn named(service: &'static str, method: &'static str) -> http::Request<()> {
-        let mut request = http::Request::new(());
-        request
-            .extensions_mut()
-            .insert(tonic::GrpcMethod::new(service, method));
-        request
+    /// The handles of a generated client's call, found without a memo.
+    fn named(
+        layer: &LayerMetrics,
+        service: &'static str,
+        method: &'static str,
+    ) -> Arc<MethodHandles> {
+        let grpc_method = tonic::GrpcMethod::new(service, method);
+        layer.handles(&mut HandlesMemo::default(), Some(&grpc_method), "/x/y")
     }
 
-    fn raw(path: &str) -> http::Request<()> {
-        http::Request::builder().uri(path).body(()).unwrap()
+    /// The handles of a call to a raw `path`.
+    fn raw(layer: &LayerMetrics, path: &str) -> Arc<MethodHandles> {
+        layer.handles(&mut HandlesMemo::default(), None, path)
     }
 
     #[test]
     fn a_method_s_handles_are_registered_once_and_then_shared() {
         let layer = LayerMetrics::new(None, false);
-        let first = layer.handles(&named("pkg.Svc", "A"));
-        let again = layer.handles(&named("pkg.Svc", "A"));
-        let other_method = layer.handles(&named("pkg.Svc", "B"));
+        let first = named(&layer, "pkg.Svc", "A");
+        let again = named(&layer, "pkg.Svc", "A");
+        let other_method = named(&layer, "pkg.Svc", "B");
         assert!(Arc::ptr_eq(&first, &again));
         assert!(!Arc::ptr_eq(&first, &other_method));
         // Every unnamed path shares the one `other` entry.
-        let a = layer.handles(&raw("/x.Y/A"));
-        let b = layer.handles(&raw("/x.Y/B"));
+        let a = raw(&layer, "/x.Y/A");
+        let b = raw(&layer, "/x.Y/B");
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.method, "other");
     }
@@ -343,28 +420,47 @@ mod tests {
     #[test]
     fn raw_names_are_kept_apart_when_asked_for() {
         let layer = LayerMetrics::new(Some("dns:///h:443".into()), true);
-        let a = layer.handles(&raw("/x.Y/A"));
-        let b = layer.handles(&raw("/x.Y/B"));
+        let a = raw(&layer, "/x.Y/A");
+        let b = raw(&layer, "/x.Y/B");
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!((a.method.as_str(), &*a.target), ("x.Y/A", "dns:///h:443"));
-        assert!(Arc::ptr_eq(&a, &layer.handles(&raw("/x.Y/A"))));
+        assert!(Arc::ptr_eq(&a, &raw(&layer, "/x.Y/A")));
     }
 
     #[test]
     fn the_cache_stops_growing_at_its_limit() {
         let layer = LayerMetrics::new(None, true);
         for i in 0..CACHE_LIMIT + 10 {
-            layer.handles(&raw(&format!("/x.Y/M{i}")));
+            raw(&layer, &format!("/x.Y/M{i}"));
         }
         assert_eq!(layer.cache.read().unwrap().len(), CACHE_LIMIT);
         // Past the limit a method still gets (uncached) handles.
-        let late = layer.handles(&raw("/x.Y/Late"));
+        let late = raw(&layer, "/x.Y/Late");
         assert_eq!(late.method, "x.Y/Late");
+    }
+
+    #[test]
+    fn a_memo_gives_back_its_method_s_handles_and_takes_the_next_method_s() {
+        let layer = LayerMetrics::new(None, false);
+        let (a, b) = (
+            tonic::GrpcMethod::new("pkg.Svc", "A"),
+            tonic::GrpcMethod::new("pkg.Svc", "B"),
+        );
+        let mut memo = HandlesMemo::default();
+        let first = layer.handles(&mut memo, Some(&a), "/pkg.Svc/A");
+        assert!(Arc::ptr_eq(&first, &named(&layer, "pkg.Svc", "A")));
+        assert!(Arc::ptr_eq(&first, &layer.handles(&mut memo, Some(&a), "")));
+        // Another method replaces the memo's, and is not given A's.
+        let other = layer.handles(&mut memo, Some(&b), "/pkg.Svc/B");
+        assert_eq!(other.method, "pkg.Svc/B");
+        assert!(Arc::ptr_eq(&other, &layer.handles(&mut memo, Some(&b), "")));
+        memo.forget();
+        assert!(memo.0.is_none());
     }
 
     #[test]
     fn a_layer_without_a_target_is_labelled_unknown() {
         let layer = LayerMetrics::new(None, false);
-        assert_eq!(&*layer.handles(&raw("/a.B/C")).target, "unknown");
+        assert_eq!(&*raw(&layer, "/a.B/C").target, "unknown");
     }
 }

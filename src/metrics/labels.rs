@@ -22,17 +22,22 @@ pub(crate) enum MethodLabel<'a> {
 }
 
 impl<'a> MethodLabel<'a> {
-    /// The label of `request`'s method; raw paths keep their name only when
-    /// `raw_names` is set.
-    pub(crate) fn of<B>(request: &'a http::Request<B>, raw_names: bool) -> Self {
-        if let Some(m) = request.extensions().get::<tonic::GrpcMethod<'static>>() {
+    /// The label of a call with `grpc_method` (its `tonic::GrpcMethod`, if
+    /// any) to `path`; raw paths keep their name only when `raw_names` is
+    /// set.
+    pub(crate) fn new(
+        grpc_method: Option<&'a tonic::GrpcMethod<'static>>,
+        path: &'a str,
+        raw_names: bool,
+    ) -> Self {
+        if let Some(m) = grpc_method {
             return MethodLabel::Named {
                 service: m.service(),
                 method: m.method(),
             };
         }
         if raw_names {
-            MethodLabel::Raw(request.uri().path().trim_start_matches('/'))
+            MethodLabel::Raw(path.trim_start_matches('/'))
         } else {
             MethodLabel::Other
         }
@@ -53,24 +58,19 @@ impl<'a> MethodLabel<'a> {
 mod tests {
     use super::*;
 
-    fn request(path: &str) -> http::Request<()> {
-        http::Request::builder().uri(path).body(()).unwrap()
-    }
-
     #[test]
     fn a_method_the_generated_code_named_is_recorded_as_service_slash_method() {
-        let mut r = request("/ignored.Path/Here");
-        r.extensions_mut()
-            .insert(tonic::GrpcMethod::new("pkg.Svc", "Method"));
+        let named = tonic::GrpcMethod::new("pkg.Svc", "Method");
         for raw_names in [false, true] {
-            assert_eq!(MethodLabel::of(&r, raw_names).value(), "pkg.Svc/Method");
+            let label = MethodLabel::new(Some(&named), "/ignored.Path/Here", raw_names);
+            assert_eq!(label.value(), "pkg.Svc/Method");
         }
     }
 
     #[test]
     fn a_raw_path_is_other_unless_raw_names_are_asked_for() {
-        let r = request("/pkg.Svc/Method");
-        assert_eq!(MethodLabel::of(&r, false).value(), "other");
-        assert_eq!(MethodLabel::of(&r, true).value(), "pkg.Svc/Method");
+        let path = "/pkg.Svc/Method";
+        assert_eq!(MethodLabel::new(None, path, false).value(), "other");
+        assert_eq!(MethodLabel::new(None, path, true).value(), "pkg.Svc/Method");
     }
 }

@@ -128,11 +128,11 @@ mod off;
 #[cfg(feature = "metrics")]
 pub(crate) use call::CallMetrics;
 #[cfg(feature = "metrics")]
-pub(crate) use handles::LayerMetrics;
+pub(crate) use handles::{HandlesMemo, LayerMetrics};
 #[cfg(feature = "metrics")]
 pub use names::*;
 #[cfg(not(feature = "metrics"))]
-pub(crate) use off::{CallMetrics, LayerMetrics};
+pub(crate) use off::{CallMetrics, HandlesMemo, LayerMetrics};
 
 /// Which attempt of a call: an index into the call's attempts in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,15 @@ impl LayerMetrics {
     }
 }
 
+/// The handles a kit found last: none.
+#[derive(Default)]
+pub(crate) struct HandlesMemo;
+
+impl HandlesMemo {
+    #[inline(always)]
+    pub(crate) fn forget(&mut self) {}
+}
+
 /// What one call did: nothing is kept.
 pub(crate) struct CallMetrics;
 
@@ -27,7 +36,12 @@ impl CallMetrics {
         CallMetrics
     }
     #[inline(always)]
-    pub(crate) fn start<B>(_layer: &LayerMetrics, _request: &http::Request<B>) -> Self {
+    pub(crate) fn start(
+        _layer: &LayerMetrics,
+        _memo: &mut HandlesMemo,
+        _grpc_method: Option<&tonic::GrpcMethod<'static>>,
+        _path: &str,
+    ) -> Self {
         CallMetrics
     }
     #[inline(always)]
