@@ -5,9 +5,11 @@
 //! a hashed lookup, far more than recording a value. A layer therefore
 //! registers each method's handles the first time the method is called and
 //! keeps them in a small map; a call then finds its handles with one
-//! read-locked lookup and no allocation, recorder or not. A handle per
-//! status (for the two durations) is registered the first time that status
-//! is recorded, so that no empty series appear.
+//! read-locked lookup and no allocation, recorder or not, and most calls
+//! not even that: the pooled call state remembers the last method's
+//! handles ([`HandlesMemo`]). Handles that not every call records (a
+//! status's duration, the retry counts) are registered the first time they
+//! are recorded, so that no empty series appear.
 //!
 //! Handles are bound to the recorder that was installed when they were
 //! registered: install the recorder before the layer's first call (a

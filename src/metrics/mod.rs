@@ -102,11 +102,12 @@
 //! # Cost
 //!
 //! Without the feature none of this is compiled. With it, each method's
-//! handles are registered once per layer and cached (see the layer's
-//! builder), so a call costs one cached lookup, a clock read at its start
-//! and at its end, and no allocation, with or without a recorder. Install
-//! the recorder before the layer's first call: a handle registered while no
-//! recorder is installed records nothing, ever.
+//! handles are registered once per layer and kept; a call finds them in
+//! its pooled state (the last method's) or in the layer's map, reads the
+//! clock at its start and at its end, and allocates nothing, with or
+//! without a recorder. Install the recorder before the layer's first call:
+//! a handle registered while no recorder is installed records nothing,
+//! ever.
 //!
 //! Not recorded: A66's `grpc.client.attempt.sent_total_compressed_message_size`
 //! and `rcvd_total_compressed_message_size`. The layer sees the request and
