@@ -136,7 +136,7 @@ impl CallKit {
             },
             replay: Replay::released(),
             heads: RequestHeads::empty(),
-            metrics_memo: HandlesMemo::default(),
+            metrics_memo: HandlesMemo::new(),
             first_deadline: None,
             timer: None,
             cancelled: None,

@@ -214,6 +214,11 @@ fn describe() {
 pub(crate) struct HandlesMemo(Option<(NamedKey, Arc<MethodHandles>)>);
 
 impl HandlesMemo {
+    /// A memo of nothing yet.
+    pub(crate) const fn new() -> Self {
+        HandlesMemo(None)
+    }
+
     /// Forgets the handles: they belong to another layer.
     pub(crate) fn forget(&mut self) {
         self.0 = None;

@@ -17,10 +17,13 @@ impl LayerMetrics {
 }
 
 /// The handles a kit found last: none.
-#[derive(Default)]
 pub(crate) struct HandlesMemo;
 
 impl HandlesMemo {
+    pub(crate) const fn new() -> Self {
+        HandlesMemo
+    }
+
     #[inline(always)]
     pub(crate) fn forget(&mut self) {}
 }
