@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use crate::body::replay::cap::{ChannelBufferCap, DEFAULT_CHANNEL_BUFFER_LIMIT};
 use crate::call::service::Retry;
+use crate::metrics::LayerMetrics;
 use crate::overload::budget::RetryBudget;
 use crate::overload::throttle::RetryThrottle;
 use crate::policy::config::{HedgingPolicy, ServiceConfig};
@@ -167,6 +168,10 @@ pub struct RetryLayerBuilder {
     throttle: Option<RetryThrottle>,
     budget: Option<RetryBudget>,
     buffer_limit: usize,
+    #[cfg(feature = "metrics")]
+    target: Option<String>,
+    #[cfg(feature = "metrics")]
+    generic_method_names: bool,
 }
 
 impl RetryLayerBuilder {
@@ -176,6 +181,10 @@ impl RetryLayerBuilder {
             throttle: None,
             budget: None,
             buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
+            #[cfg(feature = "metrics")]
+            target: None,
+            #[cfg(feature = "metrics")]
+            generic_method_names: false,
         }
     }
 
@@ -212,6 +221,38 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// The `grpc.target` label of this layer's metrics (feature
+    /// `metrics`): the target of the channel it wraps, in gRFC A66's
+    /// canonical form, the URI with its scheme, `scheme://[authority]/path`:
+    /// `dns:///api.example.com:443` for a name resolved through DNS,
+    /// `unix:///run/api.sock`, `xds:///helloworld:8000`. Without it the
+    /// label is `unknown`. A layer cannot read it from the channel beneath
+    /// it, which does not expose it.
+    ///
+    /// ```
+    /// # use tonic_retry::{RetryLayer, RetryPolicy};
+    /// let layer = RetryLayer::builder(RetryPolicy::default())
+    ///     .target("dns:///api.example.com:443")
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+
+    /// Records the `grpc.method` of calls the generated code did not name
+    /// (no `tonic::GrpcMethod` extension: raw paths, as a proxy or probe
+    /// sends them) by their path, `pkg.Service/Method`, instead of `other`
+    /// (feature `metrics`). Off by default, as gRFC A66 asks: whoever
+    /// chooses the paths then chooses how many series there are.
+    #[cfg(feature = "metrics")]
+    pub fn generic_method_names(mut self, record: bool) -> Self {
+        self.generic_method_names = record;
+        self
+    }
+
     /// The layer.
     pub fn build(self) -> RetryLayer {
         RetryLayer {
@@ -224,6 +265,10 @@ impl RetryLayerBuilder {
                 throttle: self.throttle,
                 budget: self.budget,
                 buffer_cap: Arc::new(ChannelBufferCap::new(self.buffer_limit)),
+                #[cfg(feature = "metrics")]
+                metrics: LayerMetrics::new(self.target, self.generic_method_names),
+                #[cfg(not(feature = "metrics"))]
+                metrics: LayerMetrics::new(),
             }),
         }
     }

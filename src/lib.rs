@@ -55,6 +55,9 @@ mod call;
 mod classify;
 pub mod deadline;
 pub mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
 mod metrics;
 mod overload;
 mod policy;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::body::replay::cap::ChannelBufferCap;
+use crate::metrics::LayerMetrics;
 use crate::overload::budget::RetryBudget;
 use crate::overload::throttle::RetryThrottle;
 use crate::policy::config::{HedgingPolicy, ServiceConfig};
@@ -29,6 +30,9 @@ pub(crate) struct LayerState {
     pub(crate) throttle: Option<RetryThrottle>,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) buffer_cap: Arc<ChannelBufferCap>,
+    /// The metrics' labels and cached handles (nothing without the
+    /// `metrics` feature).
+    pub(crate) metrics: LayerMetrics,
 }
 
 /// What applies to one call, resolved once when it starts.

@@ -13,8 +13,8 @@ use http::HeaderMap;
 use tonic::Code;
 use tracing::Span;
 
+use super::spans::{self, AttemptSpan};
 use crate::body::response::{OnEnd, sealed};
-use crate::classify::code_name;
 use crate::metrics::CallMetrics;
 use crate::state::{LayerState, PolicyRef};
 
@@ -26,6 +26,8 @@ pub struct CallEnd {
     throttle: Option<(Arc<LayerState>, PolicyRef)>,
     metrics: CallMetrics,
     span: Span,
+    /// The committed attempt's span: the attempt ends with the response.
+    attempt_span: AttemptSpan,
 }
 
 impl CallEnd {
@@ -34,11 +36,13 @@ impl CallEnd {
         policy: PolicyRef,
         metrics: CallMetrics,
         span: Span,
+        attempt_span: AttemptSpan,
     ) -> Self {
         CallEnd {
             throttle: state.throttle.is_some().then(|| (state.clone(), policy)),
             metrics,
             span,
+            attempt_span,
         }
     }
 
@@ -46,20 +50,25 @@ impl CallEnd {
     /// span or metrics. The happy path of a layer without them carries no
     /// hook at all.
     pub(crate) fn if_needed(self) -> Option<Self> {
-        let needed = self.throttle.is_some() || !self.span.is_none() || CallMetrics::ENABLED;
+        let needed = self.throttle.is_some()
+            || !self.span.is_none()
+            || !self.attempt_span.is_none()
+            || CallMetrics::ENABLED;
         needed.then_some(self)
     }
 
-    fn record_outcome(&self, outcome: &'static str) {
-        self.span.record("outcome", outcome);
-        self.metrics.finish(outcome);
+    /// The call, and its committed attempt, ended with `code`.
+    fn record_outcome(&mut self, code: Code) {
+        self.attempt_span.ended(code);
+        spans::call_ended(&self.span, None, code);
+        self.metrics.finish(code);
     }
 }
 
 impl sealed::Sealed for CallEnd {}
 
 impl OnEnd for CallEnd {
-    fn ended(self, code: Code, trailers: &HeaderMap) {
+    fn ended(mut self, code: Code, trailers: &HeaderMap) {
         if let Some((state, policy)) = &self.throttle
             && let Some(throttle) = &state.throttle
         {
@@ -69,11 +78,11 @@ impl OnEnd for CallEnd {
                 throttle.record_failure();
             }
         }
-        self.record_outcome(code_name(code));
+        self.record_outcome(code);
     }
 
-    fn dropped(self) {
-        self.record_outcome(code_name(Code::Cancelled));
+    fn dropped(mut self) {
+        self.record_outcome(Code::Cancelled);
     }
 }
 

@@ -149,7 +149,10 @@ where
                         self.as_mut().project().state.set(State::Done);
                         return Poll::Ready(Err(error));
                     }
-                    let result = match attempt.poll(cx) {
+                    // Inside the attempt's span, if there is one (entering
+                    // no span is one test).
+                    let polled = parts.call.first_span.span().in_scope(|| attempt.poll(cx));
+                    let result = match polled {
                         Poll::Ready(Ok(mut response)) => {
                             if let Ok(ended) = commits(&mut response) {
                                 // The happy path: commit, and return the
@@ -157,7 +160,8 @@ where
                                 // state, the response moved once). A
                                 // streaming request goes on sending.
                                 parts.replay.commit_mut(BodyId::FIRST);
-                                let response = parts.call.committed(response, 1, ended);
+                                let span = parts.call.take_first_span();
+                                let response = parts.call.committed(response, 1, span, ended);
                                 if let Some(kit) = kit.take() {
                                     kit::recycle(kit);
                                 }
@@ -200,10 +204,14 @@ where
 #[cold]
 #[inline(never)]
 fn cancelled_first(kit: Option<KitBox>) -> BoxError {
-    let Some(kit) = kit else {
+    let Some(mut kit) = kit else {
         return polled_after_completion();
     };
-    let error = kit.call.surface_status(cancelled_status(), 1);
+    let error = kit
+        .as_mut()
+        .project()
+        .call
+        .surface_status(cancelled_status(), 1);
     kit::recycle(kit);
     error
 }

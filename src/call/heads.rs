@@ -130,6 +130,16 @@ impl RequestHeads {
         self.extensions = SavedExtensions::Empty;
     }
 
+    /// The request's `tonic::GrpcMethod`, as kept (no second lookup when
+    /// it was the only extension).
+    pub(crate) fn grpc_method(&self) -> Option<&tonic::GrpcMethod<'static>> {
+        match &self.extensions {
+            SavedExtensions::Empty => None,
+            SavedExtensions::GrpcMethod(method) => Some(method),
+            SavedExtensions::Other(extensions) => extensions.get(),
+        }
+    }
+
     /// Whether the request had extensions besides tonic's `GrpcMethod`
     /// (which the caller's `CallOptions` or `CancellationToken` may be).
     pub(crate) fn has_other_extensions(&self) -> bool {

@@ -20,20 +20,22 @@
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
-use tonic::Status;
 use tonic::body::Body;
+use tonic::{Code, Status};
 use tower_service::Service;
-use tracing::{Instrument, debug, debug_span, field};
+use tracing::{Instrument, debug};
 
 use super::Call;
 use super::attempt::{AttemptError, Failure, Outcome, cancelled_status, outcome, send};
 use super::heads::RequestHeads;
+use super::spans::AttemptSpan;
 use super::wait::{cancelled, instant_after, sleep_until};
 use crate::BoxError;
 use crate::body::replay::{BodyId, Replay};
 use crate::body::response::ResponseBody;
 use crate::call::end::CallEnd;
 use crate::classify::code_name;
+use crate::metrics::{AttemptId, AttemptKind};
 use crate::policy::config::HedgingPolicy;
 use crate::policy::pushback::Pushback;
 
@@ -68,7 +70,11 @@ impl Call {
         let mut in_flight = FuturesUnordered::new();
         // The closure owns `spare`, `first_service` and the heads (a service
         // need not be `Sync`) and borrows the replay buffer.
-        let mut launch = move |n: u32, this: &Call| {
+        // Attempt `n`, whose span will be `spans[k]`: the span stays with
+        // the loop, which ends it with the attempt's status, also for the
+        // attempts still in flight when the call ends (a lost race, the
+        // deadline, a cancellation).
+        let mut launch = move |n: u32, k: usize, id: AttemptId, transparent: bool, this: &Call| {
             // The call's deadline covers every hedge, and so does the
             // per-attempt timeout; `grpc-timeout` carries the earlier.
             let (request, body, deadline) = match first.take() {
@@ -88,19 +94,24 @@ impl Call {
             let (mut service, ready) = first_service
                 .take()
                 .unwrap_or_else(|| (spare.clone(), Ok(false)));
-            let span = debug_span!("grpc.hedge", attempt = n, code = field::Empty);
-            async move {
+            let span = AttemptSpan::new(None, request.uri(), request.extensions(), n, transparent);
+            let attempt = async move {
                 let result = tokio::select! {
                     biased;
                     result = send(&mut service, ready, request) => result.map_err(AttemptError::Failed),
                     () = sleep_until(deadline) => Err(AttemptError::TimedOut),
                 };
-                (n, body, result)
+                (n, body, result, id, k)
             }
-            .instrument(span)
+            .instrument(span.span().clone());
+            (attempt, span)
         };
+        let mut spans: Vec<AttemptSpan> = Vec::new();
 
-        in_flight.push(launch(1, self));
+        // The first attempt started with the call.
+        let (attempt, span) = launch(1, spans.len(), AttemptId::FIRST, false, self);
+        spans.push(span);
+        in_flight.push(attempt);
         let mut sent: u32 = 1;
         let delay = hedging.hedging_delay;
         // `None` is "no timed hedge": none left, or a delay too long to time
@@ -148,16 +159,19 @@ impl Call {
             tokio::select! {
                 biased;
                 () = cancelled(self.cancel.as_ref()) => {
+                    end_all(&mut spans, Code::Cancelled);
                     return Err(self.surface_status(cancelled_status(), sent));
                 }
                 () = sleep_until(self.deadline) => {
+                    end_all(&mut spans, Code::DeadlineExceeded);
                     let status = Status::deadline_exceeded(format!(
                         "call deadline exceeded with {} of {sent} hedged attempts in flight",
                         in_flight.len()
                     ));
                     return Err(self.surface_status(status, sent));
                 }
-                Some((n, body, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((n, body, result, id, k)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut span = spans.get_mut(k).map(std::mem::take).unwrap_or_default();
                     let result = match result {
                         Ok(response) => Ok(response),
                         Err(AttemptError::Failed(error)) => Err(error),
@@ -171,9 +185,10 @@ impl Call {
                     let failure = match outcome(result) {
                         Outcome::Commit(response, ended) if replay.can_commit(body) => {
                             // The winner. Dropping `in_flight` on return
-                            // cancels every other attempt.
-                            self.metrics.hedges(sent - 1);
-                            return Ok(self.commit(replay, body, response, n, ended));
+                            // cancels every other attempt: they lost.
+                            self.metrics.end_other_attempts(id, Code::Cancelled);
+                            end_all(&mut spans, Code::Cancelled);
+                            return Ok(self.commit(replay, body, response, n, span, ended));
                         }
                         Outcome::Commit(..) => {
                             // Its server answered before the request, but the
@@ -182,20 +197,28 @@ impl Call {
                             // it whole. Drop it (resetting its stream).
                             debug!(attempt = n, "hedge answered after losing its replay buffer");
                             replay.abandon(body);
+                            span.ended(Code::Cancelled);
+                            self.metrics.attempt_ended(id, Code::Cancelled);
                             continue;
                         }
                         Outcome::Refused(error) if !transparent_retry_used && replay.is_replayable() => {
                             replay.abandon(body);
                             debug!(attempt = n, %error, "transparent retry of a refused hedge");
                             transparent_retry_used = true;
-                            self.metrics.transparent_retry();
-                            in_flight.push(launch(n, self));
+                            span.ended(Code::Unavailable);
+                            self.metrics.attempt_ended(id, Code::Unavailable);
+                            let id = self.metrics.attempt_started(AttemptKind::Transparent);
+                            let (attempt, span) = launch(n, spans.len(), id, true, self);
+                            spans.push(span);
+                            in_flight.push(attempt);
                             continue;
                         }
                         Outcome::Refused(error) => Failure::from_error(error),
                         Outcome::Failed(failure) => failure,
                     };
                     let code = failure.code();
+                    span.ended(code);
+                    self.metrics.attempt_ended(id, code);
                     let lost_replay = replay.is_cut_off(body);
                     replay.abandon(body);
                     if !hedging.non_fatal_codes.contains(code) {
@@ -210,7 +233,9 @@ impl Call {
                             continue;
                         }
                         debug!(attempt = n, code = code_name(code), "fatal status ends the hedged call");
-                        self.metrics.hedges(sent - 1);
+                        // The hedges still in flight lost to it.
+                        self.metrics.end_other_attempts(AttemptId::UNTRACKED, Code::Cancelled);
+                        end_all(&mut spans, Code::Cancelled);
                         return self.surface_failure(failure, n);
                     }
                     // Non-fatal: it costs a throttling token, and the next
@@ -236,7 +261,10 @@ impl Call {
                     if self.may_hedge(replay) {
                         sent += 1;
                         debug!(attempt = sent, "sending a hedge");
-                        in_flight.push(launch(sent, self));
+                        let id = self.metrics.attempt_started(AttemptKind::Hedge);
+                        let (attempt, span) = launch(sent, spans.len(), id, false, self);
+                        spans.push(span);
+                        in_flight.push(attempt);
                         next_hedge = if sent < self.max_attempts {
                             instant_after(Instant::now(), delay)
                         } else {
@@ -272,5 +300,12 @@ impl Call {
             return false;
         }
         true
+    }
+}
+
+/// Ends the span of every attempt still in flight with `code`.
+fn end_all(spans: &mut [AttemptSpan], code: Code) {
+    for span in spans {
+        span.ended(code);
     }
 }

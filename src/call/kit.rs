@@ -38,9 +38,10 @@ use tracing::Span;
 
 use super::Call;
 use super::heads::RequestHeads;
+use super::spans::AttemptSpan;
 use super::wait::earliest_duration;
 use crate::body::replay::Replay;
-use crate::metrics::CallMetrics;
+use crate::metrics::{CallMetrics, HandlesMemo};
 use crate::policy::backoff::Backoff;
 use crate::policy::options::CallOptions;
 use crate::policy::retry::DEFAULT_MAX_ATTEMPTS_CAP;
@@ -55,6 +56,9 @@ pin_project! {
         pub(crate) replay: Replay<Body>,
         // The request head, kept for later attempts.
         pub(crate) heads: RequestHeads,
+        // The metric handles of the last call through this kit, kept like
+        // the layer state (nothing without the `metrics` feature).
+        metrics_memo: HandlesMemo,
         // When the first attempt must end.
         pub(crate) first_deadline: Option<Instant>,
         // The first attempt's deadline timer, created when it first waits.
@@ -88,7 +92,9 @@ pub(crate) fn take(state: &Arc<LayerState>) -> KitBox {
     match pooled {
         Some(mut kit) => {
             if !Arc::ptr_eq(&kit.call.state, state) {
-                kit.as_mut().project().call.state = state.clone();
+                let kit = kit.as_mut().project();
+                kit.call.state = state.clone();
+                kit.metrics_memo.forget();
             }
             kit
         }
@@ -129,11 +135,13 @@ impl CallKit {
                 deadline: None,
                 cancel: None,
                 backoff: Backoff::default(),
-                metrics: CallMetrics::new(""),
+                metrics: CallMetrics::inactive(),
                 span: Span::none(),
+                first_span: AttemptSpan::none(),
             },
             replay: Replay::released(),
             heads: RequestHeads::empty(),
+            metrics_memo: HandlesMemo::new(),
             first_deadline: None,
             timer: None,
             cancelled: None,
@@ -203,7 +211,14 @@ impl CallKit {
         call.deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
         call.cancel = cancel;
         call.backoff = Backoff::default();
-        call.metrics = CallMetrics::new(request.uri().path());
+        // The call and its first attempt start here, just before it is
+        // sent.
+        call.metrics = CallMetrics::start(
+            &state.metrics,
+            kit.metrics_memo,
+            kit.heads.grpc_method(),
+            request.uri().path(),
+        );
         *request.body_mut() = first_body.into_tonic();
         *kit.first_deadline = call.attempt_deadline(request.headers_mut());
     }
@@ -225,8 +240,11 @@ impl CallKit {
         kit.replay.release_keeping_cap();
         kit.heads.clear();
         kit.call.cancel = None;
-        kit.call.metrics = CallMetrics::new("");
+        kit.call.metrics = CallMetrics::inactive();
         kit.call.span = Span::none();
+        if !kit.call.first_span.is_none() {
+            kit.call.first_span = AttemptSpan::none();
+        }
         kit.timer.set(None);
         kit.cancelled.set(None);
     }

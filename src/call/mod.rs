@@ -32,6 +32,7 @@ mod hedge;
 pub(crate) mod kit;
 mod run;
 pub mod service;
+mod spans;
 mod wait;
 
 use std::sync::Arc;
@@ -45,11 +46,12 @@ use tracing::Span;
 use self::attempt::Failure;
 use self::end::CallEnd;
 pub use self::heads::GRPC_PREVIOUS_RPC_ATTEMPTS;
+use self::spans::AttemptSpan;
 use self::wait::{earliest, instant_after};
 use crate::BoxError;
 use crate::body::replay::{BodyId, Replay};
 use crate::body::response::{OnEnd, ResponseBody};
-use crate::classify::{self, code_name};
+use crate::classify;
 use crate::deadline;
 use crate::metrics::CallMetrics;
 use crate::policy::backoff::Backoff;
@@ -68,6 +70,8 @@ pub(crate) struct Call {
     pub(crate) backoff: Backoff,
     pub(crate) metrics: CallMetrics,
     pub(crate) span: Span,
+    /// The first attempt's span, while the response future polls it.
+    pub(crate) first_span: AttemptSpan,
 }
 
 impl Call {
@@ -75,6 +79,17 @@ impl Call {
     #[inline]
     pub(crate) fn policy(&self) -> CallPolicy<'_> {
         self.state.policy(self.policy_ref)
+    }
+
+    /// The first attempt's span, taken out of the call (moved only if
+    /// there is one).
+    #[inline]
+    pub(crate) fn take_first_span(&mut self) -> AttemptSpan {
+        if self.first_span.is_none() {
+            AttemptSpan::none()
+        } else {
+            std::mem::take(&mut self.first_span)
+        }
     }
 
     /// Writes the attempt's `grpc-timeout` and returns when it must end.
@@ -95,9 +110,10 @@ impl Call {
         Some(at)
     }
 
-    /// Ends the call with a committed response from `attempt`, whose
-    /// request body is `body`: the replay stops recording (the body goes on
-    /// sending what it has not sent yet), and the response is returned.
+    /// Ends the call with a committed response from `attempt` (whose span
+    /// is `attempt_span`), whose request body is `body`: the replay stops
+    /// recording (the body goes on sending what it has not sent yet), and
+    /// the response is returned.
     #[inline]
     pub(crate) fn commit<B, R>(
         &mut self,
@@ -105,23 +121,29 @@ impl Call {
         body: BodyId,
         response: http::Response<R>,
         attempt: u32,
+        attempt_span: AttemptSpan,
         ended: bool,
     ) -> http::Response<ResponseBody<R, CallEnd>> {
         replay.commit(body);
-        self.committed(response, attempt, ended)
+        self.committed(response, attempt, attempt_span, ended)
     }
 
     /// The committed response of `attempt`, returned to the caller. Its
-    /// outcome is recorded (throttling, span, metrics) when it ends: now,
-    /// if it `ended` already (a Trailers-Only OK), else when its body ends.
+    /// outcome is recorded (throttling, the call's and the attempt's spans,
+    /// metrics) when it ends: now, if it `ended` already (a Trailers-Only
+    /// OK), else when its body ends. The attempt ends with it, as A66 ends
+    /// an attempt when its trailing status arrives.
     #[inline]
     pub(crate) fn committed<R>(
         &mut self,
         mut response: http::Response<R>,
         attempt: u32,
+        attempt_span: AttemptSpan,
         ended: bool,
     ) -> http::Response<ResponseBody<R, CallEnd>> {
-        self.span.record("attempts", attempt);
+        if !self.span.is_none() {
+            self.span.record("attempts", attempt);
+        }
         if attempt > 1 {
             response
                 .headers_mut()
@@ -130,8 +152,9 @@ impl Call {
         let end = CallEnd::new(
             &self.state,
             self.policy_ref,
-            std::mem::replace(&mut self.metrics, CallMetrics::new("")),
+            std::mem::replace(&mut self.metrics, CallMetrics::inactive()),
             std::mem::replace(&mut self.span, Span::none()),
+            attempt_span,
         )
         .if_needed();
         let end = match end {
@@ -149,12 +172,12 @@ impl Call {
     /// what a response that is not gRPC carries (a proxy's error page) is
     /// not a message; `grpc-status` is added if it had none.
     pub(crate) fn surface_response<B>(
-        &self,
+        &mut self,
         response: http::Response<B>,
         attempt: u32,
         code: Code,
     ) -> http::Response<ResponseBody<B, CallEnd>> {
-        self.finish(attempt, code_name(code));
+        self.finish(attempt, code);
         let (mut parts, _body) = response.into_parts();
         classify::make_trailers_only(&mut parts.headers, parts.status, code);
         if attempt > 1 {
@@ -168,8 +191,8 @@ impl Call {
     /// A final status the layer surfaces as an error (a transport error as
     /// tonic would report it, or one the layer made: DEADLINE_EXCEEDED,
     /// CANCELLED).
-    pub(crate) fn surface_status(&self, mut status: Status, attempt: u32) -> BoxError {
-        self.finish(attempt, code_name(status.code()));
+    pub(crate) fn surface_status(&mut self, mut status: Status, attempt: u32) -> BoxError {
+        self.finish(attempt, status.code());
         if attempt > 1 {
             status
                 .metadata_mut()
@@ -178,16 +201,17 @@ impl Call {
         Box::new(status)
     }
 
-    /// Records how the call ended on its span and metrics.
-    fn finish(&self, attempt: u32, outcome: &'static str) {
-        self.span.record("attempts", attempt);
-        self.span.record("outcome", outcome);
-        self.metrics.finish(outcome);
+    /// The call ends with `code` after `attempt` attempts; an attempt
+    /// still in flight ends with it.
+    fn finish(&mut self, attempt: u32, code: Code) {
+        self.first_span.ended(code);
+        spans::call_ended(&self.span, Some(attempt), code);
+        self.metrics.finish(code);
     }
 
     /// A final failure, surfaced: a Trailers-Only response, or a `Status`.
     pub(crate) fn surface_failure<R>(
-        &self,
+        &mut self,
         failure: Failure<R>,
         attempt: u32,
     ) -> Result<http::Response<ResponseBody<R, CallEnd>>, BoxError> {

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::Status;
 use tonic::body::Body;
+use tonic::{Code, Status};
 use tower_service::Service;
-use tracing::{Instrument, debug, debug_span, field};
+use tracing::{Instrument, debug};
 
 use super::Call;
 use super::attempt::{
@@ -15,11 +15,13 @@ use super::attempt::{
 };
 use super::end::CallEnd;
 use super::heads::RequestHeads;
+use super::spans::AttemptSpan;
 use super::wait::{cancelled, instant_after, sleep_until};
 use crate::BoxError;
 use crate::body::replay::{BodyId, Replay};
 use crate::body::response::ResponseBody;
 use crate::classify::{self, code_name};
+use crate::metrics::{AttemptId, AttemptKind};
 use crate::policy::pushback::{self, Pushback};
 
 impl Call {
@@ -42,37 +44,59 @@ impl Call {
         let mut first = Some(first);
         let mut attempt: u32 = 0;
         let mut transparent_retry_used = false;
+        // Whether the next attempt is the transparent retry.
+        let mut transparent_next = false;
         // The replay body of the attempt in flight.
         let mut body_id = BodyId::FIRST;
 
         loop {
             attempt += 1;
-            self.metrics.attempt_started();
-            let (sending, attempt_deadline) = match first.take() {
-                Some(FirstAttempt::InFlight(first)) => (Sending::First(first), first_deadline),
-                Some(FirstAttempt::Finished(result)) => (Sending::Finished(result), first_deadline),
+            let (sending, attempt_deadline, id, mut attempt_span) = match first.take() {
+                // The first attempt started with the call.
+                Some(FirstAttempt::InFlight(first)) => (
+                    Sending::First(first),
+                    first_deadline,
+                    AttemptId::FIRST,
+                    self.take_first_span(),
+                ),
+                Some(FirstAttempt::Finished(result)) => (
+                    Sending::Finished(result),
+                    first_deadline,
+                    AttemptId::FIRST,
+                    self.take_first_span(),
+                ),
                 None => {
+                    let kind = if transparent_next {
+                        AttemptKind::Transparent
+                    } else {
+                        AttemptKind::Retry
+                    };
+                    let id = self.metrics.attempt_started(kind);
                     let mut parts = heads.next(attempt);
                     let deadline = self.attempt_deadline(&mut parts.headers);
+                    let span = AttemptSpan::new(
+                        None,
+                        &parts.uri,
+                        &parts.extensions,
+                        attempt,
+                        transparent_next,
+                    );
                     let body = replay.body();
                     body_id = body.id();
                     let request = http::Request::from_parts(parts, body.into_tonic());
-                    (Sending::Later(service.clone(), Box::new(request)), deadline)
+                    let sending = Sending::Later(service.clone(), Box::new(request));
+                    (sending, deadline, id, span)
                 }
             };
-            let attempt_span = debug_span!(
-                "grpc.attempt",
-                attempt,
-                code = field::Empty,
-                backoff_ms = field::Empty
-            );
+            transparent_next = false;
             let result = match sending {
                 Sending::Finished(result) => result,
                 sending => {
-                    let send = sending.send().instrument(attempt_span.clone());
+                    let send = sending.send().instrument(attempt_span.span().clone());
                     tokio::select! {
                         biased;
                         () = cancelled(self.cancel.as_ref()) => {
+                            attempt_span.ended(Code::Cancelled);
                             return Err(self.surface_status(cancelled_status(), attempt));
                         }
                         () = sleep_until(attempt_deadline) => Err(AttemptError::TimedOut),
@@ -88,6 +112,7 @@ impl Call {
             }
             let failure = match result {
                 Err(AttemptError::TimedOut) if attempt_deadline == self.deadline => {
+                    attempt_span.ended(Code::DeadlineExceeded);
                     let status = Status::deadline_exceeded(format!(
                         "call deadline exceeded during attempt {attempt}"
                     ));
@@ -107,18 +132,28 @@ impl Call {
                 {
                     // A6: the server's application never saw this stream.
                     // Retry once, at once, without counting an attempt or
-                    // taking a token.
+                    // taking a token. The refused attempt is still one for
+                    // the metrics and spans (A66), ended as grpc core
+                    // reports a refused stream: UNAVAILABLE.
                     debug!(attempt, %error, "transparent retry of a refused stream");
+                    attempt_span.ended(Code::Unavailable);
+                    self.metrics.attempt_ended(id, Code::Unavailable);
                     transparent_retry_used = true;
-                    self.metrics.transparent_retry();
+                    transparent_next = true;
                     attempt -= 1;
                     continue;
                 }
                 Err(AttemptError::Failed(error)) => Failure::from_error(error),
                 Ok(response) => match response_outcome(response) {
                     Ok((response, ended)) => {
-                        attempt_span.record("code", "committed");
-                        return Ok(self.commit(replay, body_id, response, attempt, ended));
+                        return Ok(self.commit(
+                            replay,
+                            body_id,
+                            response,
+                            attempt,
+                            attempt_span,
+                            ended,
+                        ));
                     }
                     Err((code, response)) => {
                         replay.abandon(body_id);
@@ -127,7 +162,8 @@ impl Call {
                 },
             };
             let code = failure.code();
-            attempt_span.record("code", code_name(code));
+            attempt_span.ended(code);
+            self.metrics.attempt_ended(id, code);
 
             let (delay, wake) = match self.decide(&failure, attempt, replay) {
                 Verdict::Final(reason) => {
@@ -143,14 +179,13 @@ impl Call {
                 }
                 Verdict::RetryAt { delay, wake } => (delay, wake),
             };
-            attempt_span.record("backoff_ms", delay.as_secs_f64() * 1e3);
+            attempt_span.backoff(delay);
             debug!(
                 attempt,
                 code = code_name(code),
                 delay_ms = delay.as_secs_f64() * 1e3,
                 "retrying"
             );
-            self.metrics.retry_scheduled(delay);
             // Release the failed attempt (and its stream) before waiting.
             drop(failure);
             tokio::select! {

@@ -5,9 +5,10 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tower_service::Service;
-use tracing::{Instrument, debug_span, field};
+use tracing::Instrument;
 
 use super::attempt::{FirstAttempt, SharedService, clone_shared};
+use super::spans::{self, AttemptSpan};
 use crate::BoxError;
 use crate::body::response::ResponseBody;
 use crate::call::end::CallEnd;
@@ -127,17 +128,23 @@ where
         // An emptied kit holds no span; one is made only when DEBUG spans
         // may be on (a static and a relaxed load, where building a disabled
         // span and moving it in costs a stall of its own).
-        if tracing::level_enabled!(tracing::Level::DEBUG) {
-            kit.as_mut().project().call.span = debug_span!(
-                "grpc.call",
-                method = request.uri().path(),
-                attempts = field::Empty,
-                outcome = field::Empty,
-            );
+        let traced = tracing::level_enabled!(tracing::Level::DEBUG);
+        if traced {
+            kit.as_mut().project().call.span = spans::call_span(&request);
         }
         kit.as_mut().start(policy_ref, &mut request);
         if kit.call.policy().hedging.is_some() {
             return self.hedged(kit, request);
+        }
+        if traced {
+            let call = kit.as_mut().project().call;
+            call.first_span = AttemptSpan::new(
+                Some(&call.span),
+                request.uri(),
+                request.extensions(),
+                1,
+                false,
+            );
         }
         // The first attempt goes out now, on the service `poll_ready`
         // readied, exactly as it would without the layer.
@@ -146,7 +153,11 @@ where
                 // Cloned first, so that nothing runs between the inner call
                 // and the future it returns being written into ours.
                 let spare = self.spare.clone();
-                ResponseFuture::first(self.inner.call(request), kit, spare)
+                // Sent inside its span, so that a layer beneath sees it
+                // (e.g. to propagate the trace context).
+                let inner = &mut self.inner;
+                let sent = kit.call.first_span.span().in_scope(|| inner.call(request));
+                ResponseFuture::first(sent, kit, spare)
             }
             Some(error) => ResponseFuture::looping(into_loop(
                 kit,
@@ -209,95 +220,5 @@ where
             Some(error) => Err(error),
             None => Ok(self.inner.call(request)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-    use std::sync::{Arc, Mutex};
-
-    use tower::{Layer, ServiceExt};
-    use tracing::field::{Field, Visit};
-    use tracing::span::{Attributes, Id, Record};
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::filter::LevelFilter;
-    use tracing_subscriber::layer::{Context, SubscriberExt};
-
-    use super::*;
-    use crate::{RetryLayer, RetryPolicy};
-
-    /// Every field recorded on a `grpc.call` span, as `name=value`.
-    #[derive(Clone, Default)]
-    struct CallSpans(Arc<Mutex<Vec<String>>>);
-
-    struct Fields<'a>(&'a mut Vec<String>);
-
-    impl Visit for Fields<'_> {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.push(format!("{}={value:?}", field.name()));
-        }
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.push(format!("{}={value}", field.name()));
-        }
-    }
-
-    impl<S> tracing_subscriber::Layer<S> for CallSpans
-    where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
-            if attrs.metadata().name() == "grpc.call" {
-                let mut seen = self.0.lock().unwrap();
-                seen.push("new".to_owned());
-                attrs.record(&mut Fields(&mut seen));
-            }
-        }
-        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-            if ctx.span(id).is_some_and(|s| s.name() == "grpc.call") {
-                values.record(&mut Fields(&mut self.0.lock().unwrap()));
-            }
-        }
-    }
-
-    /// One call through the layer to a service that answers OK at once,
-    /// under a subscriber that sees spans up to `level`.
-    fn call_under(level: LevelFilter) -> Vec<String> {
-        let spans = CallSpans::default();
-        let subscriber = tracing_subscriber::registry().with(spans.clone().with_filter(level));
-        tracing::subscriber::with_default(subscriber, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let inner = tower::service_fn(|_: http::Request<Body>| async {
-                    let mut response = http::Response::new(Body::empty());
-                    response
-                        .headers_mut()
-                        .insert("grpc-status", http::HeaderValue::from_static("0"));
-                    Ok::<_, Infallible>(response)
-                });
-                let service = RetryLayer::new(RetryPolicy::default()).layer(inner);
-                let mut request = http::Request::new(Body::empty());
-                *request.uri_mut() = http::Uri::from_static("/pkg.Svc/Method");
-                let response = service.oneshot(request).await.unwrap();
-                assert_eq!(response.headers()["grpc-status"], "0");
-            });
-        });
-        spans.0.lock().unwrap().clone()
-    }
-
-    #[test]
-    fn a_call_records_its_attempts_and_outcome_on_a_debug_span() {
-        let seen = call_under(LevelFilter::DEBUG);
-        assert_eq!(
-            seen,
-            ["new", "method=/pkg.Svc/Method", "attempts=1", "outcome=OK"],
-        );
-    }
-
-    #[test]
-    fn the_call_span_is_at_debug_level_so_an_info_subscriber_sees_none() {
-        assert!(call_under(LevelFilter::INFO).is_empty());
     }
 }
