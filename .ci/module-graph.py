@@ -25,8 +25,8 @@ def deps(mod, text):
     text = text.split("#[cfg(test)]")[0]
     out = set()
     parent = mod.split("::")[:-1]
-    for m in re.finditer(r"\buse\s+(crate|super|self)::([\w:]+|\{[^;]*)", text):
-        base, rest = m.group(1), m.group(2)
+    for m in re.finditer(r"\buse\s+(?:(crate|super|self)::)?([\w:]+|\{[^;]*)", text):
+        base, rest = m.group(1) or "self", m.group(2)
         first = re.match(r"\{?\s*(\w+)", rest)
         if not first:
             continue

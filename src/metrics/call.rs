@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::Code;
 
+use super::attempt::{AttemptId, AttemptKind};
 use super::handles::{HandlesMemo, LayerMetrics, MethodHandles};
-use super::{AttemptId, AttemptKind};
 
 /// Attempts of one call that can be in flight at once: A6 caps a hedged
 /// call at 5 attempts. An attempt past this (a raised cap) is counted as

@@ -115,6 +115,7 @@
 //! the per-message walk would cost every call for a figure tonic's own
 //! encoder could give exactly.
 
+mod attempt;
 #[cfg(feature = "metrics")]
 mod call;
 #[cfg(feature = "metrics")]
@@ -126,6 +127,7 @@ mod names;
 #[cfg(not(feature = "metrics"))]
 mod off;
 
+pub(crate) use attempt::{AttemptId, AttemptKind};
 #[cfg(feature = "metrics")]
 pub(crate) use call::CallMetrics;
 #[cfg(feature = "metrics")]
@@ -134,25 +136,3 @@ pub(crate) use handles::{HandlesMemo, LayerMetrics};
 pub use names::*;
 #[cfg(not(feature = "metrics"))]
 pub(crate) use off::{CallMetrics, HandlesMemo, LayerMetrics};
-
-/// Which attempt of a call: an index into the call's attempts in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AttemptId(pub(crate) u8);
-
-impl AttemptId {
-    /// The first attempt, started with the call.
-    pub(crate) const FIRST: AttemptId = AttemptId(0);
-    /// An attempt whose duration is not recorded.
-    pub(crate) const UNTRACKED: AttemptId = AttemptId(u8::MAX);
-}
-
-/// Why an attempt after the first was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttemptKind {
-    /// A retry of the policy (A96 `retries`).
-    Retry,
-    /// A hedge (A96 `hedges`).
-    Hedge,
-    /// A transparent retry (A96 `transparent_retries`).
-    Transparent,
-}

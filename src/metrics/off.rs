@@ -4,7 +4,7 @@
 
 use tonic::Code;
 
-use super::{AttemptId, AttemptKind};
+use super::attempt::{AttemptId, AttemptKind};
 
 /// A layer's metric settings: none.
 #[derive(Debug)]

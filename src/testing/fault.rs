@@ -5,6 +5,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
+/// Metadata key grouping the attempts of one logical call.
+pub const CALL_ID_HEADER: &str = "x-call-id";
+
+/// Metadata key holding the JSON script (see [`fault_header`]).
+pub const FAULT_HEADER: &str = "x-fault";
+
 /// What the test server does with one attempt of a call.
 ///
 /// Every field is optional in JSON and defaults to "normal": the default

@@ -124,6 +124,7 @@
 mod body;
 mod fault;
 mod frame;
+pub mod proto;
 mod record;
 mod service;
 
@@ -139,24 +140,9 @@ use tonic::metadata::errors::InvalidMetadataValue;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use fault::{FaultAction, fault_header};
+pub use fault::{CALL_ID_HEADER, FAULT_HEADER, FaultAction, fault_header};
 pub use record::{AttemptRecord, ResetStream};
 pub use service::{EchoService, SERVER_STREAM_RESPONSES};
-
-/// Generated protobuf messages and client for `retry.test.v1`
-/// (`proto/echo.proto`).
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("retry.test.v1");
-
-    pub use echo_client::EchoClient;
-}
-
-/// Metadata key grouping the attempts of one logical call.
-pub const CALL_ID_HEADER: &str = "x-call-id";
-
-/// Metadata key holding the JSON script (see [`fault_header`]).
-pub const FAULT_HEADER: &str = "x-fault";
 
 /// Sets `x-call-id` and `x-fault` on `request`.
 ///

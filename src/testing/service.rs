@@ -20,11 +20,10 @@ use tonic::body::Body;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use super::body::{BidiBody, BidiState, ScriptedBody, Step};
-use super::fault::{FaultAction, parse_script};
+use super::fault::{CALL_ID_HEADER, FAULT_HEADER, FaultAction, parse_script};
 use super::frame::{FrameDecoder, FrameError, encode_frame};
 use super::proto::{EchoRequest, EchoResponse};
 use super::record::{AttemptGuard, AttemptRecord, Record, ResetStream, lock};
-use super::{CALL_ID_HEADER, FAULT_HEADER};
 use crate::deadline::parse_grpc_timeout;
 
 const GRPC_CONTENT_TYPE: &str = "application/grpc";
