@@ -82,6 +82,9 @@ enum Mode<B> {
         whole: Whole,
         /// Bodies handed out, for their ids.
         bodies: AtomicUsize,
+        /// The first id handed out after the request was released (every
+        /// later one is too): those bodies fail instead of sending.
+        released_from: AtomicUsize,
     },
     /// The body is recorded as attempts read it.
     Streaming(SharedState<B>),
@@ -119,6 +122,7 @@ impl<B> Replay<B> {
             mode: Mode::Whole {
                 whole: Whole::released(),
                 bodies: AtomicUsize::new(0),
+                released_from: AtomicUsize::new(usize::MAX),
             },
         }
     }
@@ -138,9 +142,19 @@ impl<B> Replay<B> {
     /// A body for the next attempt, which starts from the beginning.
     pub fn body(&self) -> ReplayBody<B> {
         match &self.mode {
-            Mode::Whole { whole, bodies } => {
+            Mode::Whole {
+                whole,
+                bodies,
+                released_from,
+            } => {
                 let id = BodyId(bodies.fetch_add(1, Ordering::Relaxed));
-                let kind = whole.body().map_or(BodyKind::Released, BodyKind::Whole);
+                let kind = match whole.body() {
+                    Some(body) => BodyKind::Whole(body),
+                    None => {
+                        released_from.fetch_min(id.0, Ordering::Relaxed);
+                        BodyKind::Released
+                    }
+                };
                 ReplayBody { id, kind }
             }
             Mode::Streaming(shared) => {
@@ -204,7 +218,9 @@ impl<B> Replay<B> {
     /// commits to the attempt that was reading it).
     pub fn can_commit(&self, attempt: BodyId) -> bool {
         match &self.mode {
-            Mode::Whole { .. } => true,
+            // A whole body sends the request on its own, unless it was
+            // handed out after the request was released.
+            Mode::Whole { released_from, .. } => attempt.0 < released_from.load(Ordering::Relaxed),
             Mode::Streaming(shared) => {
                 let shared = lock(shared);
                 shared.winner().is_none_or(|winner| winner == attempt.0)
@@ -218,7 +234,7 @@ impl<B> Replay<B> {
     /// seen the whole request, so the answer says nothing about it.
     pub fn is_cut_off(&self, attempt: BodyId) -> bool {
         match &self.mode {
-            Mode::Whole { .. } => false,
+            Mode::Whole { released_from, .. } => attempt.0 >= released_from.load(Ordering::Relaxed),
             Mode::Streaming(shared) => lock(shared).is_cut_off(attempt.0),
         }
     }
@@ -312,10 +328,16 @@ where
     /// kept handle.
     #[inline]
     fn fill(&mut self, body: B, limit: usize, cap: Option<Arc<ChannelBufferCap>>) -> ReplayBody<B> {
-        let Mode::Whole { whole, bodies } = &mut self.mode else {
+        let Mode::Whole {
+            whole,
+            bodies,
+            released_from,
+        } = &mut self.mode
+        else {
             unreachable!("only a released replay is filled")
         };
         *bodies.get_mut() = 1;
+        *released_from.get_mut() = usize::MAX;
         match Polled::read(body) {
             Polled::Whole {
                 data,
