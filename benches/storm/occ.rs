@@ -141,7 +141,8 @@ impl Delay {
         sd: 2.0,
     };
 
-    fn draw(self, rng: &mut fastrand::Rng) -> Duration {
+    /// One delay, in virtual time, from `rng`.
+    pub fn draw(self, rng: &mut fastrand::Rng) -> Duration {
         match self {
             Delay::Fixed(ms) => model_ms(ms),
             Delay::Normal { mean, sd } => {
@@ -248,6 +249,8 @@ pub struct Race {
     pub completion_ms: f64,
     /// Conditional writes made.
     pub calls: u64,
+    /// Writes that succeeded: the row's final version.
+    pub written: u64,
     /// Clients whose call did not end OK (0 unless a client gave up).
     pub failed: usize,
 }
@@ -288,6 +291,7 @@ pub async fn race(n: usize, policy: &RetryPolicy, delay: Delay, seed: u64) -> Ra
     Race {
         completion_ms: to_model_ms(end - start),
         calls: row.writes(),
+        written: row.version(),
         failed,
     }
 }
