@@ -259,8 +259,11 @@ pub struct Run {
     pub calls: Vec<CallBucket>,
     /// The server's buckets (the real server: only `max_queue`, sampled).
     pub server: Vec<ServerBucket>,
-    /// The server's mean service time as measured (busy time ÷ work).
+    /// The server's mean service time (busy time ÷ work done).
     pub measured_service: Duration,
+    /// How late the real server's workers woke, on average per piece of
+    /// work (zero in virtual time).
+    pub late: Duration,
 }
 
 /// Runs `scenario` under `mode` in virtual time: a current-thread runtime
@@ -296,6 +299,7 @@ pub fn simulate(scenario: &Scenario, mode: Mode) -> Run {
             calls: recorder.buckets(),
             server: server.buckets(),
             measured_service: server.busy_time() / u32::try_from(finished.max(1)).unwrap_or(1),
+            late: Duration::ZERO,
         }
     })
 }
@@ -372,6 +376,7 @@ pub fn real(scenario: &Scenario, modes: &[Mode]) -> Vec<Run> {
                     server: max_queue,
                     measured_service: stats.busy
                         / u32::try_from(stats.finished.max(1)).unwrap_or(1),
+                    late: stats.late / u32::try_from(stats.finished.max(1)).unwrap_or(1),
                 }
             }));
         }
