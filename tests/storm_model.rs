@@ -262,13 +262,13 @@ fn bucket(offered: u64, attempts: u64, succeeded: u64) -> CallBucket {
     }
 }
 
-/// A trigger from 2 s to 4 s, arrivals to 8 s, 1 s buckets.
+/// A trigger from 2 s to 4 s, arrivals to 10 s, 1 s buckets.
 fn short_scenario() -> Scenario {
     Scenario {
         bucket: Duration::from_secs(1),
         trigger_start: Duration::from_secs(2),
         trigger_len: Duration::from_secs(2),
-        duration: Duration::from_secs(8),
+        duration: Duration::from_secs(10),
         ..Scenario::at_scale(1)
     }
 }
@@ -285,34 +285,56 @@ fn summaries_take_amplification_and_goodput_over_the_trigger() {
         bucket(10, 10, 10),
         bucket(10, 10, 9), // 90 %: not yet recovered
         bucket(10, 10, 10),
+        bucket(10, 10, 10),
+        bucket(10, 10, 10),
     ];
     let s = model::summarize(&scenario, &calls);
     assert_eq!(s.mean_amplification, 2.5);
     assert_eq!(s.peak_amplification, 3.0);
     assert_eq!(s.goodput, 0.1);
     assert_eq!(s.baseline_success, 0.95);
-    assert_eq!(s.after_amplification, 45.0 / 40.0);
-    // Every bucket from 7 s on succeeds >= 95 %: 3 s after the trigger.
+    assert_eq!(s.after_amplification, 65.0 / 60.0);
+    // From 7 s on the calls succeed >= 95 % for 3 s: 3 s after the trigger.
     assert_eq!(s.recovery, Some(Duration::from_secs(3)));
 }
 
 #[test]
-fn recovery_is_none_when_the_last_bucket_fails_and_zero_when_none_does() {
+fn recovery_needs_success_held_for_three_seconds_before_the_last_arrival() {
     let scenario = short_scenario();
-    let mut calls = vec![bucket(10, 10, 10); 8];
+    let mut calls = vec![bucket(10, 10, 10); 10];
     assert_eq!(
         model::summarize(&scenario, &calls).recovery,
         Some(Duration::ZERO)
     );
-    calls[7] = bucket(10, 40, 9);
-    assert_eq!(model::summarize(&scenario, &calls).recovery, None);
-    // A bucket nobody offered a call in does not count against.
-    calls[7] = bucket(0, 0, 0);
-    calls[5] = bucket(10, 10, 0);
+    // A dip after the trigger delays recovery past it.
+    calls[5] = bucket(10, 40, 9);
     assert_eq!(
         model::summarize(&scenario, &calls).recovery,
         Some(Duration::from_secs(2))
     );
+    // Success that starts too late to hold 3 s is no recovery.
+    calls[7] = bucket(10, 40, 0);
+    assert_eq!(model::summarize(&scenario, &calls).recovery, None);
+    // A late dip after 3 s of success does not undo it.
+    let mut calls = vec![bucket(10, 10, 10); 10];
+    calls[9] = bucket(10, 10, 5);
+    assert_eq!(
+        model::summarize(&scenario, &calls).recovery,
+        Some(Duration::ZERO)
+    );
+    // A bucket nobody offered a call in does not count against.
+    calls[4] = bucket(0, 0, 0);
+    calls[9] = bucket(10, 10, 10);
+    assert_eq!(
+        model::summarize(&scenario, &calls).recovery,
+        Some(Duration::ZERO)
+    );
+    // Never recovering: every bucket after the trigger fails.
+    let mut calls = vec![bucket(10, 10, 10); 10];
+    for b in &mut calls[4..] {
+        *b = bucket(10, 40, 1);
+    }
+    assert_eq!(model::summarize(&scenario, &calls).recovery, None);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::body::Body;
 use tonic_retry::testing::{Capacity, CapacityConfig, ServiceTime, TestServer};
 use tonic_retry::{
-    BoxError, BreakerConfig, CircuitBreakerLayer, RetryBudget, RetryLayer, RetryPolicy,
+    BoxError, BreakerConfig, CircuitBreakerLayer, Jitter, RetryBudget, RetryLayer, RetryPolicy,
     RetryThrottle,
 };
 use tower::util::BoxCloneService;
@@ -89,12 +89,13 @@ impl Mode {
 /// the call's final gRPC code.
 pub type Client = BoxCloneService<http::Request<Body>, Code, BoxError>;
 
-/// The retry policy every retrying mode uses: A6's defaults (±20 %
-/// jitter), 4 attempts, 100 ms initial backoff doubling to 1 s, within the
-/// scenario's attempt timeout and deadline.
-pub fn policy(scenario: &Scenario, attempts: u32) -> RetryPolicy {
+/// The retry policy every retrying mode uses: 4 attempts, 100 ms initial
+/// backoff doubling to 1 s, with `jitter` (A6's ±20 % unless a study says
+/// otherwise), within the scenario's attempt timeout and deadline.
+pub fn policy(scenario: &Scenario, attempts: u32, jitter: Jitter) -> RetryPolicy {
     RetryPolicy::builder()
         .max_attempts(attempts)
+        .jitter(jitter)
         .initial_backoff(Duration::from_millis(100))
         .max_backoff(Duration::from_secs(1))
         .backoff_multiplier(2.0)
@@ -122,7 +123,13 @@ fn breaker() -> CircuitBreakerLayer {
 /// A client of `mode` over `inner`; every attempt it sends is counted in
 /// `recorder` (under the retry layer, so a call the breaker refuses sends
 /// none).
-pub fn client<S, B>(inner: S, mode: Mode, scenario: &Scenario, recorder: &Recorder) -> Client
+pub fn client<S, B>(
+    inner: S,
+    mode: Mode,
+    jitter: Jitter,
+    scenario: &Scenario,
+    recorder: &Recorder,
+) -> Client
 where
     S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send,
@@ -136,15 +143,15 @@ where
         request
     });
     let retry = match mode {
-        Mode::None => RetryLayer::new(policy(scenario, 1)),
-        Mode::Naive => RetryLayer::new(policy(scenario, 4)),
-        Mode::Throttling | Mode::Breaker => RetryLayer::builder(policy(scenario, 4))
+        Mode::None => RetryLayer::new(policy(scenario, 1, jitter)),
+        Mode::Naive => RetryLayer::new(policy(scenario, 4, jitter)),
+        Mode::Throttling | Mode::Breaker => RetryLayer::builder(policy(scenario, 4, jitter))
             .throttle(RetryThrottle::new(10_000, 100).expect("valid throttle"))
             .build(),
-        Mode::Budget => RetryLayer::builder(policy(scenario, 4))
+        Mode::Budget => RetryLayer::builder(policy(scenario, 4, jitter))
             .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.2).expect("valid budget"))
             .build(),
-        Mode::BudgetDefault => RetryLayer::builder(policy(scenario, 4))
+        Mode::BudgetDefault => RetryLayer::builder(policy(scenario, 4, jitter))
             .budget(RetryBudget::default())
             .build(),
     }
@@ -269,6 +276,11 @@ pub struct Run {
 /// Runs `scenario` under `mode` in virtual time: a current-thread runtime
 /// with its clock paused, so that tokio jumps from one event to the next.
 pub fn simulate(scenario: &Scenario, mode: Mode) -> Run {
+    simulate_with(scenario, mode, Jitter::Proportional)
+}
+
+/// [`simulate`] with another jitter.
+pub fn simulate_with(scenario: &Scenario, mode: Mode, jitter: Jitter) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -286,7 +298,7 @@ pub fn simulate(scenario: &Scenario, mode: Mode) -> Run {
         let server = ServerModel::new(scenario);
         let recorder = Recorder::new(scenario.bucket);
         let clients: Vec<Client> = (0..scenario.clients)
-            .map(|_| client(server.clone(), mode, scenario, &recorder))
+            .map(|_| client(server.clone(), mode, jitter, scenario, &recorder))
             .collect();
         let control = server.clone();
         drive(scenario, &arrivals, clients, &recorder, move |w| {
@@ -359,7 +371,9 @@ pub fn real(scenario: &Scenario, modes: &[Mode]) -> Vec<Run> {
                 let recorder = Recorder::new(scenario.bucket);
                 let clients: Vec<Client> = channels
                     .into_iter()
-                    .map(|channel| client(channel, mode, &scenario, &recorder))
+                    .map(|channel| {
+                        client(channel, mode, Jitter::Proportional, &scenario, &recorder)
+                    })
                     .collect();
                 let sampler =
                     QueueSampler::start(capacity.clone(), recorder.start(), scenario.bucket);

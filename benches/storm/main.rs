@@ -74,7 +74,13 @@ fn fleet_study(quick: bool) {
     // A simulated minute takes a second or two of wall time: quick mode
     // runs the whole study too.
     let _ = quick;
-    let scenario = Scenario::at_scale(50);
+    // `STORM_SCALE=n`: 20 × n clients (default 50: 1,000 clients).
+    let scale = std::env::var("STORM_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(50);
+    let scenario = Scenario::at_scale(scale);
     println!(
         "\n== Fleet: {} clients, {} workers ({:.0} calls/s), queue {}, load {:.0} %, \
          attempt timeout {:?}, deadline {:?}; capacity {} workers from {:?} to {:?}; {:?} simulated",
@@ -137,7 +143,7 @@ fn fleet_study(quick: bool) {
         "(amp = attempts ÷ offered calls; peak over {:?} buckets and mean over the trigger; \
               after = from the trigger's end to the last arrival; goodput = share of the calls \
               offered during the trigger that succeeded; recovery = from the trigger's end until \
-              every later bucket's calls succeed >= 95 %)",
+              the calls succeed >= 95 % for 3 s on end)",
         scenario.bucket
     );
     for mode in Mode::ALL.into_iter().chain(Mode::EXTRA) {
@@ -162,6 +168,7 @@ fn fleet_study(quick: bool) {
     }
 
     dropping_server(&scenario);
+    jitter_in_an_outage(&scenario);
 
     println!();
     common::result("storm_clients", scenario.clients as f64);
@@ -210,6 +217,47 @@ fn dropping_server(fleet: &Scenario) {
             &format!("storm_dropping_recovery_s_{name}"),
             recovery_value(&s),
         );
+    }
+}
+
+/// The fleet with each jitter kind, without protection and with
+/// throttling: does the jitter decide an outage's outcome?
+fn jitter_in_an_outage(fleet: &Scenario) {
+    use tonic_retry::Jitter;
+    println!("\nThe same fleet with each jitter (backoff 100 ms doubling to 1 s):");
+    println!(
+        "{:<14} {:<13} {:>10} {:>10} {:>10} {:>16}",
+        "mode", "jitter", "mean amp", "amp after", "goodput", "recovery"
+    );
+    let kinds = [
+        ("a6", Jitter::Proportional),
+        ("equal", Jitter::Equal),
+        ("full", Jitter::Full),
+        ("decorrelated", Jitter::Decorrelated),
+    ];
+    for mode in [Mode::Naive, Mode::Throttling] {
+        for (name, jitter) in kinds {
+            let run = fleet::simulate_with(fleet, mode, jitter);
+            let s = model::summarize(fleet, &run.calls);
+            println!(
+                "{:<14} {:<13} {:>10.2} {:>10.2} {:>10.3} {:>16}",
+                mode.name(),
+                name,
+                s.mean_amplification,
+                s.after_amplification,
+                s.goodput,
+                recovery_text(&s)
+            );
+            let m = mode.name();
+            common::result(
+                &format!("storm_jitter_amplification_{m}_{name}"),
+                s.mean_amplification,
+            );
+            common::result(
+                &format!("storm_jitter_recovery_s_{m}_{name}"),
+                recovery_value(&s),
+            );
+        }
     }
 }
 
