@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use crate::fleet::Run;
+use crate::fleet::{Mode, Run};
 use crate::model::Scenario;
 
 /// One colour per run, in `Mode::ALL` then `Mode::EXTRA` order.
@@ -66,12 +67,24 @@ pub fn draw(
             let done = b.succeeded + b.failed;
             (done > 0).then(|| b.succeeded as f64 / done as f64)
         });
-        top.draw_series(std::iter::once(PathElement::new(
-            points,
-            colour.stroke_width(2),
-        )))?
-        .label(run.mode.name())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3)));
+        let extra = Mode::EXTRA.contains(&run.mode);
+        let anno = if extra {
+            // The extra row is dashed: it lies on top of naive's line.
+            top.draw_series(std::iter::once(DashedPathElement::new(
+                points,
+                6,
+                4,
+                colour.stroke_width(2),
+            )))?
+        } else {
+            top.draw_series(std::iter::once(PathElement::new(
+                points,
+                colour.stroke_width(2),
+            )))?
+        };
+        anno.label(run.mode.name()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
+        });
     }
     top.configure_series_labels()
         .position(SeriesLabelPosition::MiddleRight)
@@ -103,10 +116,19 @@ pub fn draw(
     for (i, run) in runs.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points = series(run, &|b| amplification(b));
-        bottom.draw_series(std::iter::once(PathElement::new(
-            points,
-            colour.stroke_width(2),
-        )))?;
+        if Mode::EXTRA.contains(&run.mode) {
+            bottom.draw_series(std::iter::once(DashedPathElement::new(
+                points,
+                6,
+                4,
+                colour.stroke_width(2),
+            )))?;
+        } else {
+            bottom.draw_series(std::iter::once(PathElement::new(
+                points,
+                colour.stroke_width(2),
+            )))?;
+        }
     }
     root.present()?;
     Ok(())

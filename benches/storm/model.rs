@@ -146,7 +146,8 @@ pub struct Arrival {
 pub fn poisson_arrivals(rate: f64, until: Duration, clients: usize, seed: u64) -> Vec<Arrival> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Vec::with_capacity((rate * until.as_secs_f64() * 1.1) as usize + 16);
-    if !(rate > 0.0) || clients == 0 {
+    // A rate that is NaN, zero or negative offers nothing.
+    if rate.is_nan() || rate <= 0.0 || clients == 0 {
         return out;
     }
     let mut t = 0.0f64;

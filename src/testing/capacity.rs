@@ -1,36 +1,6 @@
-//! [`Capacity`]: a server that can do only so much work at once.
-//!
-//! Retry storms are a property of a server under load, not of one call: a
-//! server with a fixed number of workers and a queue in front of them
-//! answers slowly once the queue fills, callers time out and retry, and
-//! the work done for a caller that has already given up is wasted while the
-//! retry waits in the queue behind it. This models exactly that, so that
-//! overload protection can be tested against a real server on loopback:
-//!
-//! * `workers` attempts are served at once; each holds its worker for one
-//!   service time (a [`ServiceTime`] draw), then answers;
-//! * the others wait in one FIFO queue of at most `queue_limit` attempts;
-//! * an attempt that finds the queue full is answered UNAVAILABLE at once
-//!   (a load-shedding server), without waiting for a worker;
-//! * by default the work is done even when its caller has gone (the client
-//!   timed out or reset the stream): the server cannot tell, as with a
-//!   handler that does not watch for cancellation. `finish_abandoned:
-//!   false` models one that does: queued work whose caller has gone is
-//!   skipped, and work in service stops.
-//!
-//! The number of workers can change while the server runs
-//! ([`Capacity::set_workers`]), e.g. to halve the capacity for a few seconds
-//! as a failing replica would. Work runs in tasks of its own on tokio's
-//! clock, so `tokio::time::pause()` drives it too.
-//!
-//! Workers keep to their schedule: a worker whose timer fires late (tokio
-//! rounds every sleep up to the next millisecond, and a busy machine wakes
-//! it later still) starts its next queued attempt at the moment the last
-//! one should have ended, not when it woke. Otherwise every service time
-//! would be a millisecond or two long, and a server of 20 ms service times
-//! would lose 5–10 % of its capacity to the timer (measured on loopback:
-//! 21.4 ms instead of 20). Lateness still delays each answer; it no longer
-//! accumulates. [`CapacityStats::late`] says how late the workers woke.
+//! [`Capacity`]: a server that can do only so much work at once (workers,
+//! a FIFO queue, UNAVAILABLE when the queue is full). The rule is described
+//! on the type, which is public; this module is not.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -144,8 +114,40 @@ pub struct CapacityStats {
     pub late: Duration,
 }
 
-/// Workers and a FIFO queue in front of them (see the [module
-/// documentation](self)). Clones share the same workers and queue.
+/// Workers and a FIFO queue in front of them. Clones share the same
+/// workers and queue.
+///
+/// Retry storms are a property of a server under load, not of one call: a
+/// server with a fixed number of workers and a queue in front of them
+/// answers slowly once the queue fills, callers time out and retry, and
+/// the work done for a caller that has already given up is wasted while the
+/// retry waits in the queue behind it. This models exactly that, so that
+/// overload protection can be tested against a real server on loopback:
+///
+/// * `workers` attempts are served at once; each holds its worker for one
+///   service time (a [`ServiceTime`] draw), then answers;
+/// * the others wait in one FIFO queue of at most `queue_limit` attempts;
+/// * an attempt that finds the queue full is answered UNAVAILABLE at once
+///   (a load-shedding server), without waiting for a worker;
+/// * by default the work is done even when its caller has gone (the client
+///   timed out or reset the stream): the server cannot tell, as with a
+///   handler that does not watch for cancellation. `finish_abandoned:
+///   false` models one that does: queued work whose caller has gone is
+///   skipped, and work in service stops.
+///
+/// The number of workers can change while the server runs
+/// ([`Capacity::set_workers`]), e.g. to halve the capacity for a few seconds
+/// as a failing replica would. Work runs in tasks of its own on tokio's
+/// clock, so `tokio::time::pause()` drives it too.
+///
+/// Workers keep to their schedule: a worker whose timer fires late (tokio
+/// rounds every sleep up to the next millisecond, and a busy machine wakes
+/// it later still) starts its next queued attempt at the moment the last
+/// one should have ended, not when it woke. Otherwise every service time
+/// would be a millisecond or two longer, and a server of 20 ms service times
+/// would lose 5–10 % of its capacity to the timer (measured on loopback:
+/// 21.4 ms instead of 20). Lateness still delays each answer; it no longer
+/// accumulates. [`CapacityStats::late`] says how late the workers woke.
 ///
 /// ```
 /// use std::time::Duration;
