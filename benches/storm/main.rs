@@ -268,9 +268,10 @@ fn small_scenario(quick: bool) -> Scenario {
     // success ratio (one failure in 35 is 97 %).
     s.bucket = Duration::from_secs(1);
     if quick {
+        // A shorter dip, but a 5 s aftermath: recovery must hold for 3 s.
         s.trigger_start = Duration::from_secs(1);
-        s.trigger_len = Duration::from_secs(3);
-        s.duration = Duration::from_secs(7);
+        s.trigger_len = Duration::from_secs(2);
+        s.duration = Duration::from_secs(8);
     } else {
         s.trigger_start = Duration::from_secs(2);
         s.trigger_len = Duration::from_secs(5);

@@ -55,7 +55,10 @@ pub const DEFAULT_RETRYABLE_CODES: CodeSet = CodeSet::EMPTY
 /// (except [`Decorrelated`](Jitter::Decorrelated), which grows from its own
 /// previous wait). A server pushback replaces one wait and restarts the
 /// schedule, for every kind.
+///
+/// More kinds may be added: the enum is `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Jitter {
     /// Uniform in `[0.8, 1.2)` × the computed backoff: the current gRFC A6
     /// text, and what grpc-go, grpc-java and grpc core do.
