@@ -250,3 +250,83 @@ async fn backoff_gaps_are_the_scheduled_backoffs_in_virtual_time_even_when_attem
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn equal_jitter_gaps_lie_between_half_the_computed_backoff_and_all_of_it() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .initial_backoff(Duration::from_millis(200))
+        .max_backoff(Duration::from_millis(500))
+        .backoff_multiplier(2.0)
+        .jitter(Jitter::Equal)
+        .build()
+        .unwrap();
+    let expected_base = [200u64, 400, 500].map(Duration::from_millis);
+    let mut ratios = Vec::new();
+    for _ in 0..20 {
+        let (inner, arrivals) = failing_service(Code::Aborted);
+        let mut svc = RetryLayer::new(policy.clone()).layer(inner);
+        svc.ready().await.unwrap().call(request()).await.unwrap();
+        let arrivals = arrivals.lock().unwrap().clone();
+        assert_eq!(arrivals.len(), 4);
+        for (gap, base) in gaps(&arrivals).into_iter().zip(expected_base) {
+            assert!(
+                gap >= base / 2 && gap <= base + TIMER_SLACK,
+                "gap {gap:?} outside [{base:?}/2, {base:?}]"
+            );
+            ratios.push(gap.as_secs_f64() / base.as_secs_f64());
+        }
+    }
+    // Spread over the band, not pinned to one end of it.
+    let min = ratios.iter().cloned().fold(f64::MAX, f64::min);
+    let max = ratios.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        min < 0.65 && max > 0.85,
+        "equal jitter did not spread: {min}..{max}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn decorrelated_gaps_lie_between_initial_and_three_times_the_previous_gap() {
+    // AWS's decorrelated jitter: each wait U[initial, 3 × previous wait),
+    // capped; the first previous wait is `initial`. The multiplier (10 here)
+    // is not used: a per-retry schedule would wait 5, 50, 500 ms.
+    let initial = Duration::from_millis(5);
+    let cap = Duration::from_millis(60);
+    let policy = RetryPolicy::builder()
+        .max_attempts(8)
+        .max_attempts_cap(8)
+        .initial_backoff(initial)
+        .max_backoff(cap)
+        .backoff_multiplier(10.0)
+        .jitter(Jitter::Decorrelated)
+        .build()
+        .unwrap();
+    let mut above_per_retry_band = false;
+    for _ in 0..40 {
+        let (inner, arrivals) = failing_service(Code::Aborted);
+        let mut svc = RetryLayer::new(policy.clone()).layer(inner);
+        svc.ready().await.unwrap().call(request()).await.unwrap();
+        let arrivals = arrivals.lock().unwrap().clone();
+        assert_eq!(arrivals.len(), 8);
+        let mut previous = initial;
+        for gap in gaps(&arrivals) {
+            let top = (previous * 3).min(cap);
+            assert!(
+                gap >= initial && gap <= top + TIMER_SLACK,
+                "gap {gap:?} outside [{initial:?}, {top:?}] after {previous:?}"
+            );
+            // A gap that a per-retry schedule from `initial` (×1..3) could
+            // not reach on the first retry shows the wait grows from the
+            // previous one.
+            above_per_retry_band |= gap > initial * 3 + TIMER_SLACK;
+            // The timer ends a wait up to 1 ms late; the next draw used the
+            // wait as drawn, which lies within that slack below the gap.
+            previous = gap;
+        }
+    }
+    assert!(
+        above_per_retry_band,
+        "decorrelated waits never grew past 3 × initial"
+    );
+}

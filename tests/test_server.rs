@@ -476,3 +476,51 @@ async fn restart_on_the_same_address() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn with_capacity_the_server_queues_then_sheds_with_unavailable() {
+    use tonic_retry::testing::{Capacity, CapacityConfig, ServiceTime};
+    // One worker, one place in the queue, 300 ms of work each: of three
+    // calls sent together, two are served one after the other and the
+    // third is refused at once.
+    let server = TestServer::builder()
+        .capacity(Capacity::new(CapacityConfig {
+            workers: 1,
+            queue_limit: 1,
+            service_time: ServiceTime::Fixed(Duration::from_millis(300)),
+            ..CapacityConfig::default()
+        }))
+        .start()
+        .await
+        .expect("start test server");
+    let client = timeout(STEP, EchoClient::connect(server.uri()))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let start = tokio::time::Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let result = client.unary(req(b"x", &i.to_string())).await;
+            (result.map(|_| ()).map_err(|s| s.code()), start.elapsed())
+        }));
+        // In order: the server sees them one after the other.
+        eventually(|| server.capacity().unwrap().stats().arrived > i).await;
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(timeout(STEP, call).await.unwrap().unwrap());
+    }
+    assert_eq!(results[2].0, Err(Code::Unavailable), "the queue was full");
+    assert!(results[2].1 < Duration::from_millis(300), "refused at once");
+    assert_eq!(results[0].0, Ok(()));
+    assert_eq!(results[1].0, Ok(()));
+    assert!(
+        results[1].1 >= Duration::from_millis(600),
+        "served after the first"
+    );
+    let stats = server.capacity().unwrap().stats();
+    assert_eq!((stats.arrived, stats.rejected, stats.finished), (3, 1, 2));
+    assert_eq!(server.total_attempts(), 3, "every attempt is recorded");
+}

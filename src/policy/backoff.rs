@@ -5,6 +5,10 @@
 //! one computed delay and restarts `n` at 1, so the backoff after a pushback
 //! begins again from `initial`.
 //!
+//! [`Jitter::Decorrelated`] is the exception: each wait is drawn from the
+//! previous one (`min(max, U[initial, 3 × previous))`), so the state keeps
+//! the previous wait; a pushback restarts it from `initial` too.
+//!
 //! This is implemented here rather than with a backoff crate because A6's
 //! jitter (±20 %) and its pushback reset are specific to gRPC.
 
@@ -17,6 +21,9 @@ use crate::policy::retry::{Jitter, RetryPolicy};
 pub(crate) struct Backoff {
     /// Computed backoffs since the start of the call or the last pushback.
     retries: u32,
+    /// The last wait drawn by [`Jitter::Decorrelated`] since the start of
+    /// the call or the last pushback; `None` stands for `initial_backoff`.
+    previous: Option<Duration>,
 }
 
 impl Backoff {
@@ -24,6 +31,12 @@ impl Backoff {
     /// uniform in `[0, 1)`).
     pub(crate) fn next_delay_with(&mut self, policy: &RetryPolicy, random: f64) -> Duration {
         self.retries = self.retries.saturating_add(1);
+        if policy.jitter == Jitter::Decorrelated {
+            let previous = self.previous.unwrap_or(policy.initial_backoff);
+            let delay = decorrelated(policy, previous, random);
+            self.previous = Some(delay);
+            return delay;
+        }
         let base = computed_backoff(policy, self.retries);
         apply_jitter(base, policy.jitter, random)
     }
@@ -37,6 +50,34 @@ impl Backoff {
     #[allow(dead_code)] // used once pushback is honoured (overload-safety issue)
     pub(crate) fn reset(&mut self) {
         self.retries = 0;
+        self.previous = None;
+    }
+}
+
+/// AWS's decorrelated jitter: `min(max, U[initial, 3 × previous))` for a
+/// `random` in `[0, 1]`. In `f64` seconds, so that `3 × previous` cannot
+/// overflow a `Duration`; a `previous` below `initial` (only possible when
+/// `max_backoff < initial_backoff`) draws `initial` itself, before the cap.
+fn decorrelated(policy: &RetryPolicy, previous: Duration, random: f64) -> Duration {
+    let random = unit(random);
+    let floor = policy.initial_backoff.as_secs_f64();
+    let top = (3.0 * previous.as_secs_f64()).max(floor);
+    let secs = floor + random * (top - floor);
+    let cap = policy.max_backoff;
+    if secs.is_nan() || secs >= cap.as_secs_f64() {
+        return cap;
+    }
+    // `secs` is below the cap's `f64` value, which may round above the cap.
+    Duration::try_from_secs_f64(secs).map_or(cap, |d| d.min(cap))
+}
+
+/// `random` clamped to `[0, 1]`, a NaN counting as 0 (`clamp` passes NaN
+/// through).
+fn unit(random: f64) -> f64 {
+    if random.is_nan() {
+        0.0
+    } else {
+        random.clamp(0.0, 1.0)
     }
 }
 
@@ -54,16 +95,14 @@ pub(crate) fn computed_backoff(policy: &RetryPolicy, n: u32) -> Duration {
 }
 
 fn apply_jitter(base: Duration, jitter: Jitter, random: f64) -> Duration {
-    // `clamp` passes NaN through; a NaN random counts as 0.
-    let random = if random.is_nan() {
-        0.0
-    } else {
-        random.clamp(0.0, 1.0)
-    };
+    let random = unit(random);
     match jitter {
         Jitter::Proportional => scale(base, 0.8 + 0.4 * random),
         Jitter::Full => scale(base, random),
-        Jitter::None => base,
+        Jitter::Equal => scale(base, 0.5 + 0.5 * random),
+        // Drawn from the previous wait in `Backoff::next_delay_with`; the
+        // computed backoff stands if it ever gets here.
+        Jitter::Decorrelated | Jitter::None => base,
     }
 }
 
@@ -128,6 +167,77 @@ mod tests {
         let mut b = Backoff::default();
         assert_eq!(b.next_delay_with(&p, 0.0), Duration::ZERO);
         assert_eq!(b.next_delay_with(&p, 0.5), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn equal_jitter_spans_half_the_backoff_to_the_backoff() {
+        let p = policy(100, 10_000, 2.0, Jitter::Equal);
+        let mut b = Backoff::default();
+        // v/2 + U[0, v/2) for v = 100, 200, 400 ms.
+        assert_eq!(b.next_delay_with(&p, 0.0), Duration::from_millis(50));
+        assert_eq!(b.next_delay_with(&p, 0.5), Duration::from_millis(150));
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(400));
+        for n in 4..200 {
+            let base = computed_backoff(&p, n);
+            let d = b.next_delay(&p);
+            assert!(
+                d >= base / 2 && d <= base,
+                "retry {n}: {d:?} outside [{base:?}/2, {base:?}]"
+            );
+        }
+    }
+
+    #[test]
+    fn decorrelated_jitter_draws_between_initial_and_three_times_the_previous_wait() {
+        let p = policy(5, 2000, 2.0, Jitter::Decorrelated);
+        let mut b = Backoff::default();
+        // The first "previous wait" is initial: U[5, 15) ms.
+        assert_eq!(b.next_delay_with(&p, 0.0), Duration::from_millis(5));
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(15));
+        // Then U[5, 45) ms from the 15 ms drawn.
+        assert_eq!(b.next_delay_with(&p, 0.5), Duration::from_millis(25));
+        // And U[5, 75) from 25: the top is capped at max_backoff.
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(75));
+    }
+
+    #[test]
+    fn decorrelated_jitter_never_leaves_initial_to_max_and_does_not_use_the_multiplier() {
+        // The multiplier would make the computed backoff 1 ms × 100^n.
+        let p = policy(1, 50, 100.0, Jitter::Decorrelated);
+        let mut b = Backoff::default();
+        let mut previous = Duration::from_millis(1);
+        for _ in 0..500 {
+            let d = b.next_delay(&p);
+            let top = (previous * 3).min(Duration::from_millis(50));
+            assert!(
+                d >= Duration::from_millis(1) && d <= top,
+                "{d:?} outside [1 ms, {top:?}]"
+            );
+            previous = d;
+        }
+        assert_eq!(
+            b.next_delay_with(&p, 1.0),
+            Duration::from_millis(50).min(previous * 3)
+        );
+    }
+
+    #[test]
+    fn decorrelated_jitter_restarts_from_initial_after_a_pushback() {
+        let p = policy(10, 10_000, 2.0, Jitter::Decorrelated);
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(30));
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(90));
+        b.reset();
+        assert_eq!(b.next_delay_with(&p, 1.0), Duration::from_millis(30));
+    }
+
+    #[test]
+    fn decorrelated_jitter_with_max_below_initial_waits_max() {
+        let p = policy(100, 40, 2.0, Jitter::Decorrelated);
+        let mut b = Backoff::default();
+        for random in [0.0, 0.5, 1.0] {
+            assert_eq!(b.next_delay_with(&p, random), Duration::from_millis(40));
+        }
     }
 
     #[test]
@@ -198,7 +308,13 @@ mod tests {
             initial in any_duration(),
             max in any_duration(),
             multiplier in any_f64(),
-            jitter in prop_oneof![Just(Jitter::Proportional), Just(Jitter::Full), Just(Jitter::None)],
+            jitter in prop_oneof![
+                Just(Jitter::Proportional),
+                Just(Jitter::Full),
+                Just(Jitter::Equal),
+                Just(Jitter::Decorrelated),
+                Just(Jitter::None),
+            ],
             random in any_f64(),
         ) {
             let Ok(p) = RetryPolicy::builder()
@@ -215,8 +331,15 @@ mod tests {
                 let base = computed_backoff(&p, n);
                 prop_assert!(base <= p.max_backoff());
                 let delay = b.next_delay_with(&p, random);
-                if jitter == Jitter::None {
-                    prop_assert_eq!(delay, computed_backoff(&p, b.retries));
+                let computed = computed_backoff(&p, b.retries);
+                match jitter {
+                    Jitter::None => prop_assert_eq!(delay, computed),
+                    // Within the rounding of a `Duration` through `f64`.
+                    Jitter::Full | Jitter::Equal => prop_assert!(
+                        delay.as_secs_f64() <= computed.as_secs_f64() * (1.0 + 1e-12)
+                    ),
+                    Jitter::Decorrelated => prop_assert!(delay <= p.max_backoff()),
+                    Jitter::Proportional => {}
                 }
                 if n % 100 == 0 {
                     b.reset();

@@ -35,7 +35,30 @@ pub const DEFAULT_RETRYABLE_CODES: CodeSet = CodeSet::EMPTY
 ///
 /// Randomisation spreads the retries of many clients that failed at the same
 /// moment, so that they do not hit a recovering server in lock-step.
+///
+/// Which to choose depends on why calls fail (measured in BENCHMARKS.md,
+/// "Which jitter"):
+///
+/// * **Contention** (ABORTED from optimistic concurrency, lock conflicts):
+///   the clients that collided retry into each other unless their waits
+///   are spread wide. [`Full`](Jitter::Full) and
+///   [`Decorrelated`](Jitter::Decorrelated) finish soonest with the fewest
+///   calls; ±20 % keeps the losers nearly in step.
+/// * **Outages** (UNAVAILABLE from a server that is down or shedding load):
+///   the wait is there to let the server recover, and a short random wait
+///   only adds load early. [`Proportional`](Jitter::Proportional) (A6's
+///   default) keeps every wait close to the schedule; what protects an
+///   overloaded server is throttling or a budget, not the jitter.
+///
+/// Every kind is computed from the same schedule: retry `n` has the computed
+/// backoff `v = min(initial_backoff × backoff_multiplier^(n-1), max_backoff)`
+/// (except [`Decorrelated`](Jitter::Decorrelated), which grows from its own
+/// previous wait). A server pushback replaces one wait and restarts the
+/// schedule, for every kind.
+///
+/// More kinds may be added: the enum is `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Jitter {
     /// Uniform in `[0.8, 1.2)` × the computed backoff: the current gRFC A6
     /// text, and what grpc-go, grpc-java and grpc core do.
@@ -44,6 +67,21 @@ pub enum Jitter {
     /// Uniform in `[0, 1)` × the computed backoff ("full jitter"), as in the
     /// pre-2024 A6 text and the `service_config.proto` comment.
     Full,
+    /// `v/2 + U[0, v/2)` for the computed backoff `v` ("equal jitter", from
+    /// AWS's "Exponential Backoff And Jitter"): never less than half the
+    /// schedule, so a retry never comes straight back, with half the spread
+    /// of [`Full`](Jitter::Full).
+    Equal,
+    /// AWS's "decorrelated jitter": each wait is
+    /// `min(max_backoff, U[initial_backoff, 3 × previous wait))`, the first
+    /// "previous wait" being `initial_backoff`. Each wait grows from the last
+    /// one drawn rather than from the retry number, so clients that failed
+    /// together drift apart faster than with any per-retry jitter.
+    /// `backoff_multiplier` is not used (a wait grows by up to 3× per
+    /// retry, about 1.5× on average); `initial_backoff` is both the floor
+    /// of every wait and the first "previous wait"; `max_backoff` caps
+    /// every wait.
+    Decorrelated,
     /// No randomisation. Useful for tests; not recommended in production.
     None,
 }
@@ -279,7 +317,7 @@ impl fmt::Debug for RetryPolicy {
 /// | `initial_backoff` | 100 ms |
 /// | `max_backoff` | 1 s |
 /// | `backoff_multiplier` | 2.0 |
-/// | `jitter` | [`Jitter::Proportional`] (±20 %) |
+/// | `jitter` | [`Jitter::Proportional`] (±20 %); see [`Jitter`] for which to use |
 /// | `retryable_codes` | UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED |
 /// | `per_attempt_timeout` | none |
 /// | `timeout` | none (the request's `grpc-timeout`, if any, still applies) |

@@ -59,8 +59,12 @@
 //!
 //! # What the server does with one attempt
 //!
-//! 1. It records an [`AttemptRecord`] as soon as the request headers arrive,
-//!    then sleeps `stall_ms` (reading nothing).
+//! 1. It records an [`AttemptRecord`] as soon as the request headers arrive.
+//!    With a [`Capacity`] model (off by default, see
+//!    [`TestServerBuilder::capacity`]), the attempt then waits for a worker
+//!    and holds it for one service time, or is answered UNAVAILABLE at once
+//!    when the queue in front of the workers is full. Then it sleeps
+//!    `stall_ms` (reading nothing).
 //! 2. With `fail_after_messages: n`, it reads `n` request messages and
 //!    answers with the action's status at once (step 4, Trailers-Only).
 //!    Otherwise `Unary`, `ClientStream` and `ServerStream` read the whole
@@ -122,6 +126,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod capacity;
 mod fault;
 mod frame;
 pub mod proto;
@@ -140,6 +145,7 @@ use tonic::metadata::errors::InvalidMetadataValue;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+pub use capacity::{Capacity, CapacityConfig, CapacityStats, ServiceTime};
 pub use fault::{CALL_ID_HEADER, FAULT_HEADER, FaultAction, fault_header};
 pub use record::{AttemptRecord, ResetStream};
 pub use service::{EchoService, SERVER_STREAM_RESPONSES};
@@ -266,6 +272,12 @@ impl TestServer {
         &self.service
     }
 
+    /// The capacity model, if the server has one (see
+    /// [`TestServerBuilder::capacity`]): change its workers, read its queue.
+    pub fn capacity(&self) -> Option<&Capacity> {
+        self.service.capacity()
+    }
+
     /// Snapshots of the attempts of call `call_id`, in arrival order.
     pub fn attempts(&self, call_id: &str) -> Vec<AttemptRecord> {
         self.service.attempts(call_id)
@@ -330,6 +342,35 @@ impl TestServerBuilder {
     /// attempt records.
     pub fn service(mut self, service: EchoService) -> Self {
         self.service = service;
+        self
+    }
+
+    /// Serve with limited capacity: every attempt waits for one of a few
+    /// workers in a FIFO queue and holds it for a service time; an attempt
+    /// that finds the queue full is answered UNAVAILABLE at once. See
+    /// [`Capacity`]. Without it (the default) every attempt is served at
+    /// once.
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// use tonic_retry::testing::{Capacity, CapacityConfig, ServiceTime, TestServer};
+    ///
+    /// let server = TestServer::builder()
+    ///     .capacity(Capacity::new(CapacityConfig {
+    ///         workers: 2,
+    ///         queue_limit: 40,
+    ///         service_time: ServiceTime::Exponential { mean: Duration::from_millis(20) },
+    ///         ..CapacityConfig::default()
+    ///     }))
+    ///     .start()
+    ///     .await?;
+    /// // About 100 attempts a second; halve it:
+    /// server.capacity().unwrap().set_workers(1);
+    /// # Ok(()) }
+    /// ```
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.service = self.service.with_capacity(capacity);
         self
     }
 

@@ -20,6 +20,7 @@ use tonic::body::Body;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use super::body::{BidiBody, BidiState, ScriptedBody, Step};
+use super::capacity::Capacity;
 use super::fault::{CALL_ID_HEADER, FAULT_HEADER, FaultAction, parse_script};
 use super::frame::{FrameDecoder, FrameError, encode_frame};
 use super::proto::{EchoRequest, EchoResponse};
@@ -57,6 +58,9 @@ struct Shared {
 #[derive(Clone, Default)]
 pub struct EchoService {
     shared: Arc<Shared>,
+    /// Limits how much work is done at once; `None` serves every attempt
+    /// at once.
+    capacity: Option<Capacity>,
 }
 
 impl fmt::Debug for EchoService {
@@ -71,6 +75,18 @@ impl EchoService {
     /// A service with no recorded attempts.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same service (its records shared) with a capacity model: every
+    /// attempt first waits for a worker (see [`Capacity`]).
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The capacity model, if any.
+    pub fn capacity(&self) -> Option<&Capacity> {
+        self.capacity.as_ref()
     }
 
     /// Snapshots of the attempts of call `call_id`, in arrival order.
@@ -238,6 +254,12 @@ async fn handle(service: EchoService, req: Request<Body>) -> Result<Response<Bod
         ))));
     };
 
+    if let Some(capacity) = &service.capacity
+        && let Err(status) = capacity.work().await
+    {
+        guard.complete();
+        return Ok(trailers_only(&status));
+    }
     sleep_ms(action.stall_ms).await;
     let read_delay = Duration::from_millis(action.read_delay_ms);
     if let Some(limit) = action.fail_after_messages {
