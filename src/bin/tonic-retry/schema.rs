@@ -222,18 +222,26 @@ impl Reflection {
                 status.message()
             ))
         };
+        // Some servers (tonic-reflection among them) answer an unknown
+        // symbol or file with a NOT_FOUND status instead of an
+        // ErrorResponse: the same answer.
+        let answered = |result: Result<Answer, Status>| match result {
+            Err(status) if status.code() == Code::NotFound => Ok(Answer::Error(
+                Code::NotFound as i32,
+                status.message().to_owned(),
+            )),
+            other => other,
+        };
         match self.version {
             Some(Version::V1) => {
-                return query_v1(self.channel.clone(), query).await.map_err(failed);
+                return answered(query_v1(self.channel.clone(), query).await).map_err(failed);
             }
             Some(Version::V1Alpha) => {
-                return query_v1alpha(self.channel.clone(), query)
-                    .await
-                    .map_err(failed);
+                return answered(query_v1alpha(self.channel.clone(), query).await).map_err(failed);
             }
             None => {}
         }
-        match query_v1(self.channel.clone(), query).await {
+        match answered(query_v1(self.channel.clone(), query).await) {
             Ok(answer) => {
                 self.version = Some(Version::V1);
                 return Ok(answer);
@@ -241,7 +249,7 @@ impl Reflection {
             Err(status) if status.code() == Code::Unimplemented => {}
             Err(status) => return Err(failed(status)),
         }
-        match query_v1alpha(self.channel.clone(), query).await {
+        match answered(query_v1alpha(self.channel.clone(), query).await) {
             Ok(answer) => {
                 self.version = Some(Version::V1Alpha);
                 Ok(answer)
