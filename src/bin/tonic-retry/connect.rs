@@ -67,8 +67,29 @@ pub(crate) fn target(target: &str, tls: &TlsArgs) -> Result<Target, Failure> {
 /// platform's roots and Mozilla's (Mozilla's alone on a machine without a
 /// platform store).
 fn with_tls(endpoint: Endpoint, host: &str, tls: &TlsArgs) -> Result<Endpoint, Failure> {
+    // tonic skips whatever in a PEM file does not parse, so a file with no
+    // certificate (or key) at all would pass unnoticed until a handshake
+    // failed for another-sounding reason: check for the PEM block here.
     let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| Failure::input(format!("{flag} {}: {e}", path.display())))
+        let bytes = std::fs::read(path)
+            .map_err(|e| Failure::input(format!("{flag} {}: {e}", path.display())))?;
+        let label = if flag == "--key" {
+            "PRIVATE KEY-----"
+        } else {
+            "-----BEGIN CERTIFICATE-----"
+        };
+        if !String::from_utf8_lossy(&bytes).contains(label) {
+            let what = if flag == "--key" {
+                "private key"
+            } else {
+                "certificate"
+            };
+            return Err(Failure::input(format!(
+                "{flag} {}: no PEM {what} in it",
+                path.display()
+            )));
+        }
+        Ok(bytes)
     };
     let mut config = ClientTlsConfig::new()
         .domain_name(tls.authority.clone().unwrap_or_else(|| host.to_owned()))

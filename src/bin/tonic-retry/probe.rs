@@ -114,6 +114,10 @@ struct CallLine {
     /// Why a response did not decode with the schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     decode_error: Option<String>,
+    /// The error behind a failed call's status, when the status carries
+    /// one (e.g. a TLS alert behind "transport error").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -191,7 +195,13 @@ async fn one_call(client: &mut Client, job: &Job, index: usize) -> CallLine {
         response: None,
         response_base64: None,
         decode_error: None,
+        cause: None,
     };
+    if let Err(status) = &result
+        && let Some(source) = std::error::Error::source(status)
+    {
+        line.cause = Some(connect::error_chain(source));
+    }
     if let Ok(response) = result {
         let bytes = response.into_inner();
         match &job.response_type {
@@ -353,6 +363,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Failure> {
                 response: None,
                 response_base64: None,
                 decode_error: None,
+                cause: None,
                 ..line
             });
         }
