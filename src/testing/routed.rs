@@ -10,7 +10,7 @@ use http::{Request, Response};
 use tonic::body::Body;
 use tonic::service::Routes;
 
-use super::service::{EchoService, ResetStream};
+use super::{EchoService, ResetStream};
 
 /// The path prefix [`EchoService`] answers.
 const ECHO_PREFIX: &str = "/retry.test.v1.Echo/";

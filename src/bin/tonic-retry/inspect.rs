@@ -189,15 +189,8 @@ fn label(field: &FieldDescriptor) -> &'static str {
     }
     match field.cardinality() {
         Cardinality::Repeated => "repeated ",
-        Cardinality::Optional
-            if field.supports_presence() && field.containing_oneof().is_none() =>
-        {
-            if field.field_descriptor_proto().proto3_optional() {
-                "optional "
-            } else {
-                ""
-            }
-        }
+        // proto3 `optional` (a synthetic one-field oneof).
+        Cardinality::Optional if field.field_descriptor_proto().proto3_optional() => "optional ",
         _ => "",
     }
 }
