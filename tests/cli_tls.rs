@@ -9,64 +9,35 @@
 mod cli_support;
 
 use cli_support::{run, temp_dir, write};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use tonic::transport::{Certificate, Identity};
 use tonic_retry::testing::TestServer;
+use tonic_retry::testing::tls::TestCa;
 
 const METHOD: &str = "retry.test.v1.Echo/Unary";
 
-/// A certificate authority made for one test.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate for `names` (DNS names or IP addresses), and its
-    /// key, both PEM.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test leaf");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 /// A TLS test server with a certificate from `ca` for `names`; with
 /// `client_ca`, it requires client certificates signed by it.
-async fn tls_server(ca: &Ca, names: &[&str], client_ca: Option<&Ca>) -> TestServer {
-    let (cert, key) = ca.leaf(names);
+async fn tls_server(ca: &TestCa, names: &[&str], client_ca: Option<&TestCa>) -> TestServer {
     TestServer::builder()
         .tls(
-            Identity::from_pem(cert, key),
-            client_ca.map(|c| Certificate::from_pem(&c.pem)),
+            ca.issue(names).unwrap().identity(),
+            client_ca.map(TestCa::certificate),
         )
         .start()
         .await
         .unwrap()
 }
 
+/// A leaf certificate and key from `ca`, PEM.
+fn leaf(ca: &TestCa, names: &[&str]) -> (String, String) {
+    let cert = ca.issue(names).unwrap();
+    (cert.cert_pem, cert.key_pem)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_the_given_ca_is_trusted() {
     let dir = temp_dir("tls-trusted");
-    let ca = Ca::new("test CA");
-    let ca_file = write(&dir, "ca.pem", &ca.pem);
+    let ca = TestCa::new("test CA").unwrap();
+    let ca_file = write(&dir, "ca.pem", ca.pem());
     let server = tls_server(&ca, &["127.0.0.1"], None).await;
     assert!(server.uri().starts_with("https://"));
 
@@ -94,9 +65,9 @@ async fn a_server_certificate_from_the_given_ca_is_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_one_line_and_exit_2_with_no_call() {
     let dir = temp_dir("tls-untrusted");
-    let ca = Ca::new("the server's CA");
-    let other = Ca::new("another CA");
-    let other_file = write(&dir, "other.pem", &other.pem);
+    let ca = TestCa::new("the server's CA").unwrap();
+    let other = TestCa::new("another CA").unwrap();
+    let other_file = write(&dir, "other.pem", other.pem());
     let server = tls_server(&ca, &["127.0.0.1"], None).await;
 
     // Another CA; then the default roots (the platform's and Mozilla's),
@@ -116,8 +87,8 @@ async fn an_untrusted_certificate_is_one_line_and_exit_2_with_no_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authority_flag_sets_the_name_the_certificate_is_checked_against() {
     let dir = temp_dir("tls-authority");
-    let ca = Ca::new("test CA");
-    let ca_file = write(&dir, "ca.pem", &ca.pem);
+    let ca = TestCa::new("test CA").unwrap();
+    let ca_file = write(&dir, "ca.pem", ca.pem());
     // A certificate for a DNS name only, served on 127.0.0.1.
     let server = tls_server(&ca, &["echo.test"], None).await;
 
@@ -143,14 +114,14 @@ async fn the_authority_flag_sets_the_name_the_certificate_is_checked_against() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_a_client_certificate_from_the_servers_client_ca() {
     let dir = temp_dir("tls-mutual");
-    let ca = Ca::new("server CA");
-    let clients = Ca::new("client CA");
-    let ca_file = write(&dir, "ca.pem", &ca.pem);
-    let (cert, key) = clients.leaf(&["client.test"]);
+    let ca = TestCa::new("server CA").unwrap();
+    let clients = TestCa::new("client CA").unwrap();
+    let ca_file = write(&dir, "ca.pem", ca.pem());
+    let (cert, key) = leaf(&clients, &["client.test"]);
     let cert_file = write(&dir, "client.pem", &cert);
     let key_file = write(&dir, "client.key", &key);
     // A client certificate from a CA the server does not accept.
-    let (stranger, stranger_key) = ca.leaf(&["stranger.test"]);
+    let (stranger, stranger_key) = leaf(&ca, &["stranger.test"]);
     let stranger_file = write(&dir, "stranger.pem", &stranger);
     let stranger_key_file = write(&dir, "stranger.key", &stranger_key);
     let server = tls_server(&ca, &["127.0.0.1"], Some(&clients)).await;
@@ -205,15 +176,14 @@ async fn mutual_tls_needs_a_client_certificate_from_the_servers_client_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_works_over_tls() {
     let dir = temp_dir("tls-reflection");
-    let ca = Ca::new("test CA");
-    let ca_file = write(&dir, "ca.pem", &ca.pem);
-    let (cert, key) = ca.leaf(&["127.0.0.1"]);
+    let ca = TestCa::new("test CA").unwrap();
+    let ca_file = write(&dir, "ca.pem", ca.pem());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_retry::testing::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .unwrap();
     let server = TestServer::builder()
-        .tls(Identity::from_pem(cert, key), None)
+        .tls(ca.issue(&["127.0.0.1"]).unwrap().identity(), None)
         .add_service(reflection)
         .start()
         .await
@@ -242,8 +212,8 @@ async fn reflection_works_over_tls() {
 async fn tls_flags_that_cannot_apply_are_bad_input() {
     let dir = temp_dir("tls-bad-input");
     let not_pem = write(&dir, "not.pem", "this is not a certificate");
-    let ca = Ca::new("test CA");
-    let (cert, _) = ca.leaf(&["x.test"]);
+    let ca = TestCa::new("test CA").unwrap();
+    let (cert, _) = leaf(&ca, &["x.test"]);
     let cert_file = write(&dir, "c.pem", &cert);
     run(&["probe", "http://127.0.0.1:1", METHOD, "--cacert", &not_pem])
         .await

@@ -125,6 +125,8 @@ mod fault;
 mod frame;
 mod routed;
 mod service;
+#[cfg(feature = "testing-tls")]
+pub mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
