@@ -273,6 +273,9 @@ pub(crate) fn parse_header(header: &str) -> Result<Header, String> {
 }
 
 /// Hex digits (whitespace ignored) to bytes.
+///
+/// Not the `hex` crate: it rejects the whitespace the first `probe`
+/// accepted (`0a 02 6869`), and this is a dozen lines.
 pub(crate) fn parse_hex(hex: &str) -> Result<Bytes, String> {
     let digits: Vec<u8> = hex
         .bytes()

@@ -1,4 +1,8 @@
 //! `tonic-retry list` and `describe`, as in grpcurl.
+//!
+//! The proto text is printed here: prost-reflect has no printer, and the
+//! crates that do (protobuf-parse and the like) would bring a second
+//! protobuf stack for what `describe` shows: names, fields and signatures.
 
 use std::fmt::Write as _;
 use std::io::Write as _;

@@ -330,6 +330,10 @@ impl Reflection {
             }
         }
         // A FileDescriptorSet is field 1 repeated: each file length-prefixed.
+        // Encoded by hand from the bytes the server sent, rather than
+        // through prost_types' structs, so that options and extensions the
+        // structs do not model survive (prost-reflect keeps them when it
+        // decodes a set itself).
         let mut set = BytesMut::new();
         for bytes in files.values() {
             set.put_u8(0x0a);
