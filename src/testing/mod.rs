@@ -389,11 +389,15 @@ impl TestServerBuilder {
     /// `retry.test.v1.Echo` still reach the scripted service; a service name
     /// nobody serves is answered `UNIMPLEMENTED` without being recorded.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tonic_retry::testing::{TestServer, proto};
+    ///
     /// let reflection = tonic_reflection::server::Builder::configure()
     ///     .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
     ///     .build_v1()?;
     /// let server = TestServer::builder().add_service(reflection).start().await?;
+    /// # Ok(()) }
     /// ```
     pub fn add_service<S>(mut self, service: S) -> Self
     where
