@@ -1,52 +1,19 @@
-//! `examples/probe.rs` end to end: the example binary, run as a child process
-//! against the in-process scripted server, with `examples/service-config.json`.
+//! `tonic-retry probe` end to end: the binary (feature `cli`), run as a
+//! child process against the in-process scripted server, with
+//! `examples/service-config.json`. These are the tests of the former
+//! `examples/probe.rs`, whose flags the subcommand keeps.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::OnceLock;
+mod cli_support;
+
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tonic::Code;
 use tonic_retry::testing::{FaultAction, TestServer, fault_header};
 
 const METHOD: &str = "/retry.test.v1.Echo/Unary";
-/// How long one probe run may take before the test fails.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// Builds the example once per test binary (debug, or release when the tests
-/// are, with the features the tests were built with) and returns its path.
-fn probe_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let mut features = vec!["testing"];
-        if cfg!(feature = "metrics") {
-            features.push("metrics");
-        }
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--example", "probe"])
-            .args(["--message-format", "json"])
-            .arg(format!("--features={}", features.join(",")))
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            cargo.arg("--release");
-        }
-        let output = cargo.output().expect("run cargo build --example probe");
-        assert!(
-            output.status.success(),
-            "cargo build --example probe failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "probe")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the probe executable")
-    })
-}
 
 /// What one probe run printed.
 struct Run {
@@ -66,38 +33,19 @@ impl Run {
     }
 }
 
+/// `tonic-retry probe ARGS`.
 async fn probe(args: &[&str]) -> Run {
-    let binary = tokio::task::spawn_blocking(probe_binary).await.unwrap();
-    let child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = tokio::time::timeout(RUN_LIMIT, child)
-        .await
-        .unwrap_or_else(|_| panic!("probe {args:?} ran longer than {RUN_LIMIT:?}"))
-        .expect("spawn the probe");
-    let stdout = String::from_utf8(stdout).expect("UTF-8 stdout");
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
-        .collect();
+    let args: Vec<&str> = ["probe"].iter().chain(args).copied().collect();
+    let run = cli_support::run(&args).await;
     Run {
-        code: status.code(),
-        lines,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        code: run.code,
+        lines: run.json_lines(),
+        stderr: run.stderr,
     }
 }
 
 fn sample_config() -> String {
-    format!(
-        "{}/examples/service-config.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    cli_support::manifest_path("examples/service-config.json")
 }
 
 /// Probe arguments for `calls` scripted calls with the sample config.
@@ -281,22 +229,14 @@ async fn a_call_that_cannot_connect_is_a_result_not_an_error() {
 /// Runs the probe with bad input: exit status 2, one line on stderr,
 /// nothing on stdout.
 async fn rejected(args: &[&str], needle: &str) {
-    let run = probe(args).await;
-    assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
-    assert!(run.lines.is_empty(), "{args:?}: stdout {:?}", run.lines);
-    assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {:?}", run.stderr);
-    assert!(
-        run.stderr.contains(needle),
-        "{args:?}: {:?} should mention {needle:?}",
-        run.stderr
-    );
+    let args: Vec<&str> = ["probe"].iter().chain(args).copied().collect();
+    cli_support::run(&args).await.assert_rejected(needle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_with_status_2_and_one_line() {
     let target = "http://127.0.0.1:1";
-    let dir = std::env::temp_dir().join(format!("tonic-retry-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cli_support::temp_dir("probe-bad-input");
     let not_json = dir.join("not-json.json");
     std::fs::write(&not_json, "{\"methodConfig\": [\n").unwrap();
     let invalid = dir.join("invalid.json");
@@ -316,17 +256,20 @@ async fn bad_input_exits_with_status_2_and_one_line() {
     };
     rejected(&with(&["--data-hex", "0g"]), "--data-hex").await;
     rejected(&with(&["--data-hex", "abc"]), "odd number").await;
-    rejected(&["--method", METHOD], "missing required flag --target").await;
-    rejected(&["--target", target], "missing required flag --method").await;
-    rejected(&["--target", target, "--method", "Echo/Unary"], "--method").await;
-    rejected(&["--target", target, "--method", "/Echo"], "--method").await;
+    rejected(&["--method", METHOD], "--target").await;
+    rejected(&["--target", target], "--method").await;
+    rejected(&["--target", target, "--method", "Echo"], "Echo").await;
+    rejected(&["--target", target, "--method", "/Echo"], "/Echo").await;
+    rejected(&["--target", target, "--method", "/a/b/c"], "/a/b/c").await;
+    rejected(&["ftp://127.0.0.1:1", METHOD], "scheme").await;
     rejected(&with(&["--timeout", "10"]), "--timeout").await;
     rejected(&with(&["--timeout", "0s"]), "--timeout").await;
     rejected(&with(&["--calls", "0"]), "--calls").await;
-    rejected(&with(&["-H", "no-colon"]), "-H").await;
-    rejected(&with(&["-H", "x-bad\u{1}:v"]), "-H").await;
-    rejected(&with(&["--bogus"]), "unknown flag --bogus").await;
-    rejected(&with(&["--calls"]), "--calls needs a value").await;
+    rejected(&with(&["-H", "no-colon"]), "--header").await;
+    rejected(&with(&["-H", "x-bad\u{1}:v"]), "--header").await;
+    rejected(&with(&["--bogus"]), "--bogus").await;
+    rejected(&with(&["--calls"]), "--calls").await;
+    rejected(&with(&["--data-hex", "00", "--data-file", "x"]), "--data").await;
 
     let cfg = |path: &str| -> Vec<String> {
         [&base[..], &["--service-config", path]]
@@ -349,17 +292,8 @@ async fn bad_input_exits_with_status_2_and_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_goes_to_stdout_with_status_0() {
-    let binary = tokio::task::spawn_blocking(probe_binary).await.unwrap();
-    let output = Command::new(binary)
-        .arg("--help")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(RUN_LIMIT, output)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let help = String::from_utf8(output.stdout).unwrap();
+    let run = cli_support::run(&["probe", "--help"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
     for flag in [
         "--target",
         "--method",
@@ -370,7 +304,52 @@ async fn help_goes_to_stdout_with_status_0() {
         "--calls",
         "--concurrency",
         "--timeout",
+        "--data",
+        "--proto",
+        "--import-path",
+        "--cacert",
+        "--cert",
+        "--key",
+        "--authority",
     ] {
-        assert!(help.contains(flag), "help mentions {flag}");
+        assert!(run.stdout.contains(flag), "help mentions {flag}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positional_target_and_method_in_every_spelling() {
+    let server = TestServer::start().await.unwrap();
+    let bare = server.addr().to_string();
+    for (target, method) in [
+        (server.uri(), "retry.test.v1.Echo/Unary"),
+        (bare.clone(), "/retry.test.v1.Echo/Unary"),
+        (bare, "retry.test.v1.Echo.Unary"),
+    ] {
+        let id = format!("x-call-id:{method}");
+        let run = probe(&[&target, method, "-H", &id, "--data-hex", "0a026869"]).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(run.calls()[0]["code"], "OK", "{target} {method}");
+        // No schema: the response as base64. The server echoes the payload
+        // (field 1, "hi") and reports 4 request bytes (field 4).
+        let response = run.calls()[0]["response_base64"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(response)
+            .unwrap();
+        assert!(bytes.starts_with(b"\x0a\x02hi"), "{bytes:?}");
+        assert!(bytes.ends_with(b"\x20\x04\x28\x01"), "{bytes:?}");
+        let attempts = server.attempts(method);
+        assert_eq!(attempts.len(), 1, "{method}");
+        assert_eq!(attempts[0].method, METHOD);
+        assert_eq!(attempts[0].request_bytes, 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_flag_and_a_positional_method_mix() {
+    let server = TestServer::start().await.unwrap();
+    let run = probe(&["--target", &server.uri(), METHOD, "-H", "x-call-id:mixed"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(server.attempts("mixed").len(), 1);
+    let run = probe(&[&server.uri(), METHOD, "extra"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
 }

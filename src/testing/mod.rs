@@ -131,7 +131,10 @@ mod fault;
 mod frame;
 pub mod proto;
 mod record;
+mod routed;
 mod service;
+#[cfg(feature = "testing-tls")]
+pub mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -142,8 +145,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataValue;
 use tonic::metadata::errors::InvalidMetadataValue;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+#[cfg(feature = "testing-tls")]
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use routed::Routed;
 
 pub use capacity::{Capacity, CapacityConfig, CapacityStats, ServiceTime};
 pub use fault::{CALL_ID_HEADER, FAULT_HEADER, FaultAction, fault_header};
@@ -177,6 +186,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct TestServer {
     addr: SocketAddr,
+    /// Serves TLS (`https://` in [`uri`](Self::uri)).
+    tls: bool,
     service: EchoService,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -205,7 +216,7 @@ impl TestServer {
 
     /// Starts a server for `service` on an already bound listener.
     pub async fn start_on(listener: TcpListener, service: EchoService) -> io::Result<TestServer> {
-        Self::serve(listener, service, None).await
+        Self::serve(listener, service, Settings::default()).await
     }
 
     /// A builder for a server with non-default settings, e.g. a small
@@ -223,34 +234,55 @@ impl TestServer {
         TestServerBuilder {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             service: EchoService::new(),
-            stream_window: None,
+            settings: Settings::default(),
         }
     }
 
     async fn serve(
         listener: TcpListener,
         service: EchoService,
-        stream_window: Option<u32>,
+        settings: Settings,
     ) -> io::Result<TestServer> {
         let addr = listener.local_addr()?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, signal) = oneshot::channel::<()>();
         let svc = service.clone();
+        let builder = Server::builder().initial_stream_window_size(settings.stream_window);
+        #[cfg(feature = "testing-tls")]
+        let tls = settings.tls.is_some();
+        #[cfg(not(feature = "testing-tls"))]
+        let tls = false;
+        #[cfg(feature = "testing-tls")]
+        let builder = match settings.tls {
+            Some(config) => builder.tls_config(config).map_err(io::Error::other)?,
+            None => builder,
+        };
         let task = tokio::spawn(async move {
             let signal = async move {
                 // Dropped sender means shutdown too.
                 let _ = signal.await;
             };
-            if let Err(e) = Server::builder()
-                .initial_stream_window_size(stream_window)
-                .serve_with_incoming_shutdown(svc, incoming, signal)
-                .await
-            {
+            let served = match settings.extra {
+                // The echo service alone, exactly as without the builder.
+                None => {
+                    builder
+                        .serve_with_incoming_shutdown(svc, incoming, signal)
+                        .await
+                }
+                Some(extra) => {
+                    let routed = Routed { echo: svc, extra };
+                    builder
+                        .serve_with_incoming_shutdown(routed, incoming, signal)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::warn!(error = %e, "tonic-retry test server failed");
             }
         });
         Ok(TestServer {
             addr,
+            tls,
             service,
             shutdown: Some(shutdown),
             task: Some(task),
@@ -262,9 +294,12 @@ impl TestServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, for `EchoClient::connect` or `Endpoint`.
+    /// `http://127.0.0.1:PORT`, for `EchoClient::connect` or `Endpoint`;
+    /// `https://127.0.0.1:PORT` for a server started with
+    /// [`TestServerBuilder::tls`].
     pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The service (shared with the server; clones share records).
@@ -321,14 +356,78 @@ impl TestServer {
 pub struct TestServerBuilder {
     addr: SocketAddr,
     service: EchoService,
+    settings: Settings,
+}
+
+/// How the server is run, besides its address and echo service.
+#[derive(Debug, Default)]
+struct Settings {
     stream_window: Option<u32>,
+    /// Services served next to the echo service.
+    extra: Option<Routes>,
+    #[cfg(feature = "testing-tls")]
+    tls: Option<ServerTlsConfig>,
 }
 
 impl TestServerBuilder {
     /// The HTTP/2 stream window the server grants each request stream (its
     /// initial flow-control window), in bytes. hyper's default is 1 MiB.
     pub fn stream_window(mut self, bytes: u32) -> Self {
-        self.stream_window = Some(bytes);
+        self.settings.stream_window = Some(bytes);
+        self
+    }
+
+    /// Serves `service` next to the echo service, under its
+    /// [`NamedService::NAME`]: e.g. a gRPC reflection service for
+    /// `retry.test.v1`, built from [`proto::FILE_DESCRIPTOR_SET`]. Calls to
+    /// `retry.test.v1.Echo` still reach the scripted service; a service name
+    /// nobody serves is answered `UNIMPLEMENTED` without being recorded.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tonic_retry::testing::{TestServer, proto};
+    ///
+    /// let reflection = tonic_reflection::server::Builder::configure()
+    ///     .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    ///     .build_v1()?;
+    /// let server = TestServer::builder().add_service(reflection).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.settings.extra = Some(match self.settings.extra.take() {
+            Some(routes) => routes.add_service(service),
+            None => Routes::new(service),
+        });
+        self
+    }
+
+    /// Serves TLS with `identity` (a certificate chain and its private key,
+    /// PEM). With `client_ca`, the server requires every client to present a
+    /// certificate signed by it (mutual TLS). [`TestServer::uri`] then
+    /// starts with `https://`.
+    ///
+    /// Behind the `testing-tls` feature, which adds tonic's `tls-ring`
+    /// (rustls with the ring provider): the `testing` feature alone builds
+    /// no TLS stack.
+    #[cfg(feature = "testing-tls")]
+    pub fn tls(mut self, identity: Identity, client_ca: Option<Certificate>) -> Self {
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = client_ca {
+            config = config.client_ca_root(ca);
+        }
+        self.settings.tls = Some(config);
         self
     }
 
@@ -377,7 +476,7 @@ impl TestServerBuilder {
     /// Binds and starts the server. Must be called within a tokio runtime.
     pub async fn start(self) -> io::Result<TestServer> {
         let listener = TcpListener::bind(self.addr).await?;
-        TestServer::serve(listener, self.service, self.stream_window).await
+        TestServer::serve(listener, self.service, self.settings).await
     }
 }
 

@@ -5,3 +5,9 @@
 tonic::include_proto!("retry.test.v1");
 
 pub use echo_client::EchoClient;
+
+/// The encoded `google.protobuf.FileDescriptorSet` of `proto/echo.proto`
+/// (written by the build script), e.g. for a reflection service added with
+/// [`TestServerBuilder::add_service`](super::TestServerBuilder::add_service).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/retry_test_v1_descriptor.bin"));
