@@ -90,7 +90,7 @@ impl LayerState {
             Policies::Fixed(_) => Some(PolicyRef::Fixed),
             Policies::FixedHedging(_) => Some(PolicyRef::FixedHedging),
             Policies::Config(config) => {
-                let (service, method) = service_and_method(request);
+                let (service, method) = service_and_method(request.uri(), request.extensions());
                 config
                     .method_config_index(service, method)
                     .map(PolicyRef::Config)
@@ -136,16 +136,21 @@ impl LayerState {
 /// The gRPC service and method of a request: tonic's `GrpcMethod`
 /// extension when present, else the `/service/method` URI path. Borrowed,
 /// never allocated.
-fn service_and_method<B>(request: &http::Request<B>) -> (&str, &str) {
-    if let Some(m) = request.extensions().get::<tonic::GrpcMethod<'static>>() {
+pub(crate) fn service_and_method<'a>(
+    uri: &'a http::Uri,
+    extensions: &'a http::Extensions,
+) -> (&'a str, &'a str) {
+    if let Some(m) = extensions.get::<tonic::GrpcMethod<'static>>() {
         return (m.service(), m.method());
     }
-    let path = request.uri().path().trim_start_matches('/');
+    let path = uri.path().trim_start_matches('/');
     path.split_once('/').unwrap_or((path, ""))
 }
 
 #[cfg(test)]
 mod tests {
+    use http::{Extensions, Uri};
+
     use super::*;
     use crate::RetryLayer;
 
@@ -156,12 +161,18 @@ mod tests {
     #[test]
     fn service_and_method_come_from_the_extension_first() {
         let mut r = request("/a.B/C");
-        assert_eq!(service_and_method(&r), ("a.B", "C"));
+        assert_eq!(service_and_method(r.uri(), r.extensions()), ("a.B", "C"));
         r.extensions_mut()
             .insert(tonic::GrpcMethod::new("x.Y", "Z"));
-        assert_eq!(service_and_method(&r), ("x.Y", "Z"));
-        assert_eq!(service_and_method(&request("/")), ("", ""));
-        assert_eq!(service_and_method(&request("/only")), ("only", ""));
+        assert_eq!(service_and_method(r.uri(), r.extensions()), ("x.Y", "Z"));
+        assert_eq!(
+            service_and_method(&Uri::from_static("/"), &Extensions::new()),
+            ("", "")
+        );
+        assert_eq!(
+            service_and_method(&Uri::from_static("/only"), &Extensions::new()),
+            ("only", "")
+        );
     }
 
     #[test]

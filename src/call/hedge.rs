@@ -222,12 +222,13 @@ impl Call {
                     let lost_replay = replay.is_cut_off(body);
                     replay.abandon(body);
                     if !hedging.non_fatal_codes.contains(code) {
-                        if lost_replay && !in_flight.is_empty() {
+                        if lost_replay && (!in_flight.is_empty() || last_failure.is_some()) {
                             // The layer cut this attempt's request short (the
                             // request passed a buffer limit while another
                             // attempt was sending it): its failure says
                             // nothing about the request. The attempt still
-                            // sending it goes on; no more are sent.
+                            // sending it goes on (or the last real failure
+                            // stands); no more are sent.
                             debug!(attempt = n, code = code_name(code), "hedge lost its replay buffer");
                             stopped = true;
                             continue;

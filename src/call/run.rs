@@ -105,11 +105,6 @@ impl Call {
                 }
             };
 
-            if result.is_err() {
-                // The attempt is over: its body stops, so a transport still
-                // pumping it lets go.
-                replay.abandon(body_id);
-            }
             let failure = match result {
                 Err(AttemptError::TimedOut) if attempt_deadline == self.deadline => {
                     attempt_span.ended(Code::DeadlineExceeded);
@@ -136,6 +131,7 @@ impl Call {
                     // the metrics and spans (A66), ended as grpc core
                     // reports a refused stream: UNAVAILABLE.
                     debug!(attempt, %error, "transparent retry of a refused stream");
+                    replay.abandon(body_id);
                     attempt_span.ended(Code::Unavailable);
                     self.metrics.attempt_ended(id, Code::Unavailable);
                     transparent_retry_used = true;
@@ -155,12 +151,12 @@ impl Call {
                             ended,
                         ));
                     }
-                    Err((code, response)) => {
-                        replay.abandon(body_id);
-                        Failure::Response { code, response }
-                    }
+                    Err((code, response)) => Failure::Response { code, response },
                 },
             };
+            // The attempt is over: its body stops, so a transport still
+            // pumping it lets go.
+            replay.abandon(body_id);
             let code = failure.code();
             attempt_span.ended(code);
             self.metrics.attempt_ended(id, code);

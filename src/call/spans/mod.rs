@@ -23,16 +23,7 @@ use tonic::Code;
 use tracing::{Span, debug_span, field};
 
 use crate::classify::code_name;
-
-/// The gRPC service and method: tonic's `GrpcMethod` extension when
-/// present, else the `/service/method` path.
-fn names<'a>(uri: &'a Uri, extensions: &'a Extensions) -> (&'a str, &'a str) {
-    if let Some(m) = extensions.get::<tonic::GrpcMethod<'static>>() {
-        return (m.service(), m.method());
-    }
-    let path = uri.path().trim_start_matches('/');
-    path.split_once('/').unwrap_or((path, ""))
-}
+use crate::state::service_and_method as names;
 
 /// The `grpc.call` span of `request`.
 pub(crate) fn call_span<B>(request: &http::Request<B>) -> Span {
