@@ -130,7 +130,9 @@ pub(crate) fn make_trailers_only(headers: &mut HeaderMap, http_status: StatusCod
             ),
         };
         headers.insert(GRPC_STATUS, HeaderValue::from(code as i32));
-        if let Ok(message) = HeaderValue::from_bytes(&percent_encode(message.as_bytes())) {
+        if let Ok(message) = HeaderValue::from_str(
+            &percent_encoding::percent_encode(message.as_bytes(), GRPC_MESSAGE_ENCODE).to_string(),
+        ) {
             headers.insert(GRPC_MESSAGE, message);
         }
     }
@@ -140,19 +142,9 @@ pub(crate) fn make_trailers_only(headers: &mut HeaderMap, http_status: StatusCod
 /// The `grpc-message` header.
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
-/// Percent-encodes a `grpc-message` value as the gRPC protocol asks: every
-/// byte outside printable ASCII, and `%` itself.
-fn percent_encode(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len());
-    for &byte in message {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(byte);
-        } else {
-            out.extend_from_slice(format!("%{byte:02X}").as_bytes());
-        }
-    }
-    out
-}
+/// What gRPC percent-encodes in `grpc-message`: every byte outside
+/// printable ASCII (the crate encodes non-ASCII bytes itself), and `%`.
+const GRPC_MESSAGE_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// The final status of a committed call, from its trailers: their
 /// `grpc-status`, or UNKNOWN when they have none (gRPC requires one; tonic's
