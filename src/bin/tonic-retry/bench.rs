@@ -36,11 +36,10 @@ use tower::Layer as _;
 use crate::Failure;
 use crate::args::{
     CallTarget, Header, MethodName, RequestArgs, SchemaArgs, TlsArgs, apply_headers, parse_count,
-    parse_counts, parse_method, percentile,
+    parse_counts, percentile,
 };
 use crate::codec::RawCodec;
-use crate::connect;
-use crate::probe::{describe, prepare_request, read_service_config};
+use crate::probe::{Prepared, describe, prepare};
 
 /// Measure the retry layer's overhead on your own server: the same unary
 /// calls through a raw channel and through the channel under the layer, in
@@ -328,16 +327,21 @@ fn plan(args: &BenchArgs, concurrency: usize) -> (usize, usize) {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let (target_text, method_text) = args.target.resolve()?;
-    let target = connect::target(&target_text, &args.tls)?;
-    let method = parse_method(&method_text)?;
-    let config = match &args.service_config {
-        Some(file) => Some((file.clone(), read_service_config(file)?)),
-        None => None,
-    };
-    let data = args.request.data()?;
-    let channel = connect::channel(&target).await?;
-    let (data, _) = prepare_request(data, &args.schema, &channel, &method).await?;
+    let Prepared {
+        target,
+        method,
+        config,
+        channel,
+        data,
+        ..
+    } = prepare(
+        &args.target,
+        &args.tls,
+        args.service_config.as_ref(),
+        &args.request,
+        &args.schema,
+    )
+    .await?;
     let (layer, layer_text) = match &config {
         Some((_, c)) => (
             RetryLayer::from_service_config(c.clone()),

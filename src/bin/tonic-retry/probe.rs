@@ -62,6 +62,46 @@ pub(crate) struct ProbeArgs {
     tls: TlsArgs,
 }
 
+/// What `probe` and `bench` need before their first call, every input
+/// checked: the target and its channel, the method, the service config,
+/// the request bytes and, when a schema is known, the response type.
+pub(crate) struct Prepared {
+    pub(crate) target: connect::Target,
+    pub(crate) method: MethodName,
+    pub(crate) config: Option<(PathBuf, ServiceConfig)>,
+    pub(crate) channel: Channel,
+    pub(crate) data: Bytes,
+    pub(crate) response_type: Option<MessageDescriptor>,
+}
+
+/// Checks a call subcommand's input and connects.
+pub(crate) async fn prepare(
+    target: &CallTarget,
+    tls: &TlsArgs,
+    service_config: Option<&PathBuf>,
+    request: &RequestArgs,
+    schema: &SchemaArgs,
+) -> Result<Prepared, Failure> {
+    let (target_text, method_text) = target.resolve()?;
+    let target = connect::target(&target_text, tls)?;
+    let method = parse_method(&method_text)?;
+    let config = match service_config {
+        Some(file) => Some((file.clone(), read_service_config(file)?)),
+        None => None,
+    };
+    let data = request.data()?;
+    let channel = connect::channel(&target).await?;
+    let (data, response_type) = prepare_request(data, schema, &channel, &method).await?;
+    Ok(Prepared {
+        target,
+        method,
+        config,
+        channel,
+        data,
+        response_type,
+    })
+}
+
 /// Reads a service config file with the crate's parser.
 pub(crate) fn read_service_config(file: &PathBuf) -> Result<ServiceConfig, Failure> {
     let text = std::fs::read_to_string(file)
@@ -291,16 +331,21 @@ pub(crate) fn describe(config: Option<&(PathBuf, ServiceConfig)>, method: &Metho
 
 pub(crate) async fn run(args: ProbeArgs) -> Result<(), Failure> {
     // Everything that can be wrong with the input is found before any call.
-    let (target_text, method_text) = args.target.resolve()?;
-    let target = connect::target(&target_text, &args.tls)?;
-    let method = parse_method(&method_text)?;
-    let config = match &args.service_config {
-        Some(file) => Some((file.clone(), read_service_config(file)?)),
-        None => None,
-    };
-    let data = args.request.data()?;
-    let channel = connect::channel(&target).await?;
-    let (data, response_type) = prepare_request(data, &args.schema, &channel, &method).await?;
+    let Prepared {
+        target,
+        method,
+        config,
+        channel,
+        data,
+        response_type,
+    } = prepare(
+        &args.target,
+        &args.tls,
+        args.service_config.as_ref(),
+        &args.request,
+        &args.schema,
+    )
+    .await?;
 
     eprintln!(
         "tonic-retry probe: {} {}: {} call(s), concurrency {}, timeout {}; {}",
