@@ -47,7 +47,6 @@ impl Backoff {
     }
 
     /// A server pushback set the delay; the exponent starts again.
-    #[allow(dead_code)] // used once pushback is honoured (overload-safety issue)
     pub(crate) fn reset(&mut self) {
         self.retries = 0;
         self.previous = None;
